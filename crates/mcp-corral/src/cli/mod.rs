@@ -1,0 +1,230 @@
+//! The command line: `corral serve` runs the gateway; every other command talks to a running
+//! `corral serve` over its HTTP management API (`--url`, `CORRAL_URL`).
+//!
+//! Exit codes: 0 success; 1 the operation failed (server failed to start, call returned an
+//! error); 2 usage or configuration error; 3 cannot reach `corral serve`; 4 unknown server.
+
+mod client;
+mod serve;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use client::CliError;
+
+const EXAMPLES: &str = "\
+Examples:
+  corral serve                              # embedded defaults, HTTP on 127.0.0.1:8787
+  corral serve --config corral.yaml         # your servers; --config repeats, files merge in order
+  corral serve --stdio --config ~/.config/Claude/claude_desktop_config.json
+  corral ls                                 # servers: state, pid, uptime, restarts, tools
+  corral tools time                         # tools of one server
+  corral call time get_current_time timezone=UTC
+  corral logs time -f                       # follow a server's stderr
+  corral config check corral.yaml           # validate and print the normalised config";
+
+#[derive(Parser, Debug)]
+#[command(name = "corral", version, about = "Run a fleet of MCP servers behind one fast, safe gateway", after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter for Corral's own logs on stderr (overrides RUST_LOG), e.g. `debug` or `corral=trace`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway and supervise the configured servers.
+    Serve(serve::ServeArgs),
+    /// List servers with state, pid, uptime, restarts, tools and health latency.
+    Ls(Remote),
+    /// Start a server and wait until it is ready.
+    Start(ServerCmd),
+    /// Stop a server (stdin closed, then SIGTERM, then SIGKILL to its process group).
+    Stop(ServerCmd),
+    /// Restart a server.
+    Restart(ServerCmd),
+    /// Show one server's status and recent state changes.
+    Status(ServerCmd),
+    /// Show a server's log lines (stderr, stray stdout, MCP log messages, state changes).
+    Logs(LogsCmd),
+    /// List tools, of every server or of one.
+    Tools(ToolsCmd),
+    /// Call a tool: `corral call SERVER TOOL key=value …` or `--args '{"k": "v"}'`.
+    Call(CallCmd),
+    /// Validate configuration or print its JSON Schema.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Remote {
+    /// URL of a running `corral serve`.
+    #[arg(
+        long,
+        env = "CORRAL_URL",
+        default_value = "http://127.0.0.1:8787",
+        global = true
+    )]
+    url: String,
+    /// Bearer token of that `corral serve`.
+    #[arg(long, env = "CORRAL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ServerCmd {
+    /// Server id.
+    id: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args, Debug)]
+struct LogsCmd {
+    id: String,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    follow: bool,
+    /// Lines of history to show.
+    #[arg(short = 'n', long, default_value_t = 50)]
+    lines: usize,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args, Debug)]
+struct ToolsCmd {
+    /// Only this server's tools.
+    id: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args, Debug)]
+struct CallCmd {
+    server: String,
+    tool: String,
+    /// Arguments as `key=value` (values that parse as JSON are used as JSON, e.g. `n=3`).
+    #[arg(value_name = "KEY=VALUE")]
+    pairs: Vec<String>,
+    /// Arguments as one JSON object.
+    #[arg(long, value_name = "JSON", conflicts_with = "pairs")]
+    args: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Validate config files (merged in order) and print the normalised result.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print JSON instead of YAML-like text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of the config file format.
+    Schema,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_level.as_deref(), cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("corral: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // Dropping the runtime would wait for blocked stdin readers; servers are already stopped.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Ls(r) => client::ls(&r).await,
+        Command::Start(c) => client::server_action(&c.remote, "start", &c.id).await,
+        Command::Stop(c) => client::server_action(&c.remote, "stop", &c.id).await,
+        Command::Restart(c) => client::server_action(&c.remote, "restart", &c.id).await,
+        Command::Status(c) => client::status(&c.remote, &c.id).await,
+        Command::Logs(c) => client::logs(&c.remote, &c.id, c.lines, c.follow).await,
+        Command::Tools(c) => client::tools(&c.remote, c.id.as_deref()).await,
+        Command::Call(c) => {
+            let args = client::call_args(c.args.as_deref(), &c.pairs)?;
+            client::call(&c.remote, &c.server, &c.tool, args).await
+        }
+        Command::Config(ConfigCmd::Schema) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::config::json_schema()).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Check { files, json }) => {
+            let config =
+                crate::config::load(&files).map_err(|e| CliError::Config(e.to_string()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&config).unwrap_or_default()
+                );
+            } else {
+                print!("{}", serde_norway::to_string(&config).unwrap_or_default());
+                eprintln!(
+                    "ok: {} server(s) from {} file(s)",
+                    config.servers.len(),
+                    files.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(level: Option<&str>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,598 @@
+//! The MCP server Corral exposes: sessions, version negotiation, the merged catalog, routing.
+//!
+//! A transport hands every message it reads to [`Gateway::handle`] together with the
+//! [`Session`] it belongs to, and writes back whatever comes out. The gateway answers
+//! `initialize`, `ping` and the list methods itself (from the merged catalog), and forwards
+//! calls to the owning server with a Corral-chosen id, returning the reply under the caller's id.
+//!
+//! Seams: transports call in; the gateway calls the supervisor for connections (which starts
+//! stopped servers on demand) and subscribes to its [`Notice`]s to keep the catalog current.
+
+mod catalog;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::config::Namespace;
+use crate::config::model::NamespaceMode;
+use crate::jsonrpc::{self, Envelope, Kind, code};
+use crate::supervisor::{Notice, Supervisor};
+use crate::upstream::{CallError, Connection, ParamMap, Params, ProgressRoute, Sink, lock};
+pub use catalog::Merged;
+
+/// Protocol revisions a client may negotiate with `initialize`, oldest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+pub const LATEST_VERSION: &str = "2025-11-25";
+
+/// One connected client: a stdio peer, or one HTTP `Mcp-Session-Id`.
+pub struct Session {
+    pub id: u64,
+    /// Where notifications not tied to a call go (stdio: stdout; HTTP: the GET stream, if open).
+    out: Mutex<Option<Sink>>,
+    protocol: Mutex<Option<String>>,
+}
+
+impl Session {
+    pub fn set_out(&self, sink: Option<Sink>) {
+        *lock(&self.out) = sink;
+    }
+
+    fn out(&self) -> Option<Sink> {
+        lock(&self.out).clone()
+    }
+
+    pub fn protocol(&self) -> Option<String> {
+        lock(&self.protocol).clone()
+    }
+}
+
+pub struct Gateway {
+    sup: Arc<Supervisor>,
+    namespace: Namespace,
+    catalog: RwLock<Arc<Merged>>,
+    sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    next_session: AtomicU64,
+    /// (session, caller's id) → the upstream call, so `notifications/cancelled` can find it.
+    inflight: Mutex<HashMap<(u64, String), (Arc<Connection>, u64)>>,
+    api_session: std::sync::OnceLock<Arc<Session>>,
+    next_api_id: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(sup: Arc<Supervisor>, namespace: Namespace) -> Arc<Gateway> {
+        let gw = Arc::new(Gateway {
+            catalog: RwLock::new(Arc::new(Merged::build(&sup, &namespace))),
+            sup,
+            namespace,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            inflight: Mutex::new(HashMap::new()),
+            api_session: std::sync::OnceLock::new(),
+            next_api_id: AtomicU64::new(1),
+        });
+        let mut notices = gw.sup.subscribe();
+        let weak = Arc::downgrade(&gw);
+        tokio::spawn(async move {
+            loop {
+                let notice = match notices.recv().await {
+                    Ok(n) => Some(n),
+                    // Missed notices: rebuilding the catalog catches up on any list change.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(gw) = weak.upgrade() else { return };
+                gw.on_notice(notice);
+            }
+        });
+        gw
+    }
+
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.sup
+    }
+
+    pub fn catalog(&self) -> Arc<Merged> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn open_session(&self, out: Option<Sink>) -> Arc<Session> {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let s = Arc::new(Session {
+            id,
+            out: Mutex::new(out),
+            protocol: Mutex::new(None),
+        });
+        lock(&self.sessions).insert(id, s.clone());
+        s
+    }
+
+    pub fn session(&self, id: u64) -> Option<Arc<Session>> {
+        lock(&self.sessions).get(&id).cloned()
+    }
+
+    pub fn close_session(&self, id: u64) {
+        lock(&self.sessions).remove(&id);
+        let calls: Vec<(Arc<Connection>, u64)> = {
+            let mut inflight = lock(&self.inflight);
+            let keys: Vec<_> = inflight.keys().filter(|(s, _)| *s == id).cloned().collect();
+            keys.into_iter()
+                .filter_map(|k| inflight.remove(&k))
+                .collect()
+        };
+        // The client is gone: nobody will read these answers, so let the servers stop working.
+        for (conn, uid) in calls {
+            tokio::spawn(async move { conn.cancel(uid, "client disconnected").await });
+        }
+    }
+
+    fn on_notice(&self, notice: Option<Notice>) {
+        match notice {
+            None | Some(Notice::ListsChanged { .. }) => {
+                let fresh = Arc::new(Merged::build(&self.sup, &self.namespace));
+                let old = std::mem::replace(
+                    &mut *self.catalog.write().unwrap_or_else(|e| e.into_inner()),
+                    fresh.clone(),
+                );
+                for method in fresh.changed_since(&old) {
+                    self.broadcast(&jsonrpc::notification_raw(method, None));
+                }
+            }
+            Some(Notice::Notification { method, params, .. }) => {
+                self.broadcast(&jsonrpc::notification_raw(
+                    &method,
+                    params.as_deref().map(RawValue::get),
+                ));
+            }
+        }
+    }
+
+    fn broadcast(&self, line: &[u8]) {
+        let sinks: Vec<Sink> = lock(&self.sessions)
+            .values()
+            .filter_map(|s| s.out())
+            .collect();
+        for sink in sinks {
+            let _ = sink.try_send(line.to_vec());
+        }
+    }
+
+    /// Handles one message from a client. Returns the response for requests (and for messages
+    /// that cannot be parsed); `None` for notifications, responses, and cancelled calls.
+    ///
+    /// `call_sink` is where progress for this call goes when the transport has a per-call stream
+    /// (an HTTP POST answered with SSE); otherwise the session's own outbound queue is used.
+    pub async fn handle(
+        &self,
+        session: &Arc<Session>,
+        msg: &[u8],
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        let env = match Envelope::parse(msg) {
+            Ok(env) => env,
+            Err(e) => {
+                let (c, what) = if e.is_syntax() || e.is_eof() {
+                    (code::PARSE_ERROR, "Parse error")
+                } else {
+                    (code::INVALID_REQUEST, "Invalid request")
+                };
+                return Some(jsonrpc::error(None, c, &format!("{what}: {e}")));
+            }
+        };
+        match env.kind() {
+            Kind::Request => {}
+            Kind::Notification => {
+                self.on_client_notification(session, &env).await;
+                return None;
+            }
+            // Answers to server-to-client requests: none are forwarded yet, so none are expected.
+            Kind::Response => return None,
+            Kind::Invalid => {
+                return Some(jsonrpc::error(
+                    env.id,
+                    code::INVALID_REQUEST,
+                    "Invalid request: not a JSON-RPC 2.0 request, notification or response",
+                ));
+            }
+        }
+        // Invariant: `Kind::Request` implies an id.
+        let id = env.id?;
+        let params = env.params;
+        match env.method() {
+            "initialize" => Some(self.initialize(session, id, params)),
+            "ping" => Some(jsonrpc::response_raw(id, "result", "{}")),
+            "tools/list" => Some(self.catalog().tools.to_response(id)),
+            "prompts/list" => Some(self.catalog().prompts.to_response(id)),
+            "resources/list" => Some(self.catalog().resources.to_response(id)),
+            "resources/templates/list" => Some(self.catalog().templates.to_response(id)),
+            "tools/call" => {
+                self.call_named(session, id, "tools/call", params, call_sink, Named::Tool)
+                    .await
+            }
+            "prompts/get" => {
+                self.call_named(session, id, "prompts/get", params, call_sink, Named::Prompt)
+                    .await
+            }
+            m @ ("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+                self.call_by_uri(session, id, m, params, call_sink).await
+            }
+            "completion/complete" => self.complete(session, id, params, call_sink).await,
+            "logging/setLevel" => Some(self.set_level(id, params).await),
+            other => Some(jsonrpc::error(
+                Some(id),
+                code::METHOD_NOT_FOUND,
+                &format!("Method not found: {other}"),
+            )),
+        }
+    }
+
+    fn initialize(&self, session: &Session, id: &RawValue, params: Option<&RawValue>) -> Vec<u8> {
+        let requested = params
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .and_then(|p| p.get("protocolVersion")?.as_str().map(str::to_string));
+        let version = match requested {
+            Some(v) if SUPPORTED_VERSIONS.contains(&v.as_str()) => v,
+            _ => LATEST_VERSION.to_string(),
+        };
+        *lock(&session.protocol) = Some(version.clone());
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {
+                "tools": { "listChanged": true },
+                "resources": { "listChanged": true, "subscribe": true },
+                "prompts": { "listChanged": true },
+                "completions": {},
+                "logging": {},
+            },
+            "serverInfo": { "name": "corral", "title": "Corral MCP gateway", "version": env!("CARGO_PKG_VERSION") },
+            "instructions": "Corral aggregates several MCP servers. Tool and prompt names are prefixed with the id of the server that owns them.",
+        });
+        jsonrpc::result(id, &result)
+    }
+
+    async fn on_client_notification(&self, session: &Session, env: &Envelope<'_>) {
+        if env.method() != "notifications/cancelled" {
+            return;
+        }
+        let Some(request_id) = env
+            .params
+            .and_then(|p| serde_json::from_str::<ParamMap>(p.get()).ok())
+            .and_then(|mut m| m.remove("requestId"))
+        else {
+            return;
+        };
+        let key = (session.id, request_id.get().to_string());
+        let call = lock(&self.inflight).remove(&key);
+        if let Some((conn, uid)) = call {
+            conn.cancel(uid, "cancelled by the client").await;
+        }
+    }
+
+    async fn call_named(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        method: &str,
+        params: Option<&RawValue>,
+        call_sink: Option<&Sink>,
+        kind: Named,
+    ) -> Option<Vec<u8>> {
+        let Some(mut map) = params.and_then(|p| serde_json::from_str::<ParamMap>(p.get()).ok())
+        else {
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                "Invalid params: expected an object with `name`",
+            ));
+        };
+        let Some(name) = map
+            .get("name")
+            .and_then(|n| serde_json::from_str::<String>(n.get()).ok())
+        else {
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                "Invalid params: `name` must be a string",
+            ));
+        };
+        let mut owner = self.owner_of_name(&name, kind);
+        if owner.is_none() && self.discover_for(&name).await {
+            owner = self.owner_of_name(&name, kind);
+        }
+        let Some((server, original)) = owner else {
+            let what = match kind {
+                Named::Tool => "Unknown tool",
+                Named::Prompt => "Unknown prompt",
+            };
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                &format!("{what}: {name}"),
+            ));
+        };
+        map.insert("name".into(), jsonrpc::to_raw(&original));
+        self.forward(session, id, &server, method, map, call_sink)
+            .await
+    }
+
+    fn owner_of_name(&self, name: &str, kind: Named) -> Option<(String, String)> {
+        let catalog = self.catalog();
+        let table = match kind {
+            Named::Tool => &catalog.tool_owner,
+            Named::Prompt => &catalog.prompt_owner,
+        };
+        table.get(name).cloned()
+    }
+
+    /// A name that is not in the catalog may belong to a server whose lists Corral has never
+    /// seen (first run, discovery still going). Start those servers (only the one whose id
+    /// prefixes the name, when names are namespaced) so their lists arrive; true if any did.
+    async fn discover_for(&self, name: &str) -> bool {
+        let unknown: Vec<String> = self
+            .sup
+            .all()
+            .into_iter()
+            .filter(|s| s.config.enabled && !s.lists().known)
+            .filter(|s| match self.namespace.mode {
+                NamespaceMode::Always => {
+                    name.starts_with(&format!("{}{}", s.id(), self.namespace.separator))
+                }
+                NamespaceMode::Never => true,
+            })
+            .map(|s| s.id().to_string())
+            .collect();
+        if unknown.is_empty() {
+            return false;
+        }
+        let started =
+            futures::future::join_all(unknown.iter().map(|id| self.sup.connection(id))).await;
+        if started.iter().all(Result::is_err) {
+            return false;
+        }
+        // The lists notice may still be on its way to the catalog task: rebuild here.
+        self.on_notice(None);
+        true
+    }
+
+    async fn call_by_uri(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        method: &str,
+        params: Option<&RawValue>,
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        let Some(map) = params.and_then(|p| serde_json::from_str::<ParamMap>(p.get()).ok()) else {
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                "Invalid params: expected an object with `uri`",
+            ));
+        };
+        let Some(uri) = map
+            .get("uri")
+            .and_then(|n| serde_json::from_str::<String>(n.get()).ok())
+        else {
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                "Invalid params: `uri` must be a string",
+            ));
+        };
+        let Some(server) = self.catalog().owner_of_uri(&uri) else {
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                &format!("Resource not found: {uri}"),
+            ));
+        };
+        self.forward(session, id, &server, method, map, call_sink)
+            .await
+    }
+
+    async fn complete(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        params: Option<&RawValue>,
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        let Some(mut map) = params.and_then(|p| serde_json::from_str::<ParamMap>(p.get()).ok())
+        else {
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                "Invalid params: expected an object with `ref`",
+            ));
+        };
+        let Some(mut reference) = map
+            .get("ref")
+            .and_then(|r| serde_json::from_str::<serde_json::Map<String, Value>>(r.get()).ok())
+        else {
+            return Some(jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                "Invalid params: `ref` must be an object",
+            ));
+        };
+        let catalog = self.catalog();
+        let server = match reference.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => {
+                let name = reference
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let Some((server, original)) = catalog.prompt_owner.get(&name).cloned() else {
+                    return Some(jsonrpc::error(
+                        Some(id),
+                        code::INVALID_PARAMS,
+                        &format!("Unknown prompt: {name}"),
+                    ));
+                };
+                reference.insert("name".into(), Value::String(original));
+                server
+            }
+            Some("ref/resource") => {
+                let uri = reference
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                match catalog.owner_of_uri(&uri) {
+                    Some(s) => s,
+                    None => {
+                        return Some(jsonrpc::error(
+                            Some(id),
+                            code::INVALID_PARAMS,
+                            &format!("Resource not found: {uri}"),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Some(jsonrpc::error(
+                    Some(id),
+                    code::INVALID_PARAMS,
+                    "Invalid params: `ref.type` must be `ref/prompt` or `ref/resource`",
+                ));
+            }
+        };
+        map.insert("ref".into(), jsonrpc::to_raw(&reference));
+        self.forward(session, id, &server, "completion/complete", map, call_sink)
+            .await
+    }
+
+    /// Calls `tool` (the server's own name for it) on `server` for the management API; returns
+    /// the JSON-RPC response.
+    pub async fn call_tool(&self, server: &str, tool: &str, arguments: Value) -> Vec<u8> {
+        let session = self
+            .api_session
+            .get_or_init(|| self.open_session(None))
+            .clone();
+        let id = jsonrpc::to_raw(&self.next_api_id.fetch_add(1, Ordering::Relaxed));
+        let mut params = ParamMap::new();
+        params.insert("name".into(), jsonrpc::to_raw(&tool));
+        params.insert("arguments".into(), jsonrpc::to_raw(&arguments));
+        self.forward(&session, &id, server, "tools/call", params, None)
+            .await
+            .unwrap_or_else(|| {
+                jsonrpc::error(Some(&id), code::REQUEST_CANCELLED, "Request cancelled")
+            })
+    }
+
+    /// `logging/setLevel` applies to every running server that supports logging.
+    async fn set_level(&self, id: &RawValue, params: Option<&RawValue>) -> Vec<u8> {
+        let params = params.map(|p| p.get().to_string());
+        let servers = self.sup.all();
+        let calls = servers
+            .iter()
+            .filter(|s| s.capabilities().get("logging").is_some())
+            .filter_map(|s| s.connection())
+            .map(|conn| {
+                let params = params.clone();
+                async move {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        conn.request("logging/setLevel", params.as_deref()),
+                    )
+                    .await;
+                }
+            });
+        futures::future::join_all(calls).await;
+        jsonrpc::response_raw(id, "result", "{}")
+    }
+
+    /// Sends a request to `server` and returns its reply under the caller's id.
+    async fn forward(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        server: &str,
+        method: &str,
+        mut params: ParamMap,
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        let conn = match self.sup.connection(server).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(jsonrpc::error(
+                    Some(id),
+                    code::SERVER_UNAVAILABLE,
+                    &e.to_string(),
+                ));
+            }
+        };
+        let timeout = self
+            .sup
+            .get(server)
+            .map(|s| s.config.call_timeout)
+            .unwrap_or(std::time::Duration::from_secs(60));
+        let progress = take_progress_token(&mut params).and_then(|token| {
+            let sink = call_sink.cloned().or_else(|| session.out())?;
+            Some(ProgressRoute { sink, token })
+        });
+        let handle = match conn
+            .start_call(method, Params::Object(params), progress)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => return Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
+        };
+        let key = (session.id, id.get().to_string());
+        lock(&self.inflight).insert(key.clone(), (conn.clone(), handle.id));
+        let outcome = tokio::time::timeout(timeout, handle.reply).await;
+        lock(&self.inflight).remove(&key);
+        match outcome {
+            Ok(Ok(Ok(reply))) => Some(reply.to_response(id)),
+            Ok(Ok(Err(CallError::Cancelled))) => None,
+            Ok(Ok(Err(e))) => Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
+            Ok(Err(_)) => Some(jsonrpc::error(
+                Some(id),
+                code::SERVER_UNAVAILABLE,
+                &format!("server `{server}` dropped the call"),
+            )),
+            Err(_) => {
+                conn.cancel(handle.id, "timed out in Corral (limits.timeout)")
+                    .await;
+                let msg = format!(
+                    "server `{server}` did not answer `{method}` within {} s (limits.timeout)",
+                    timeout.as_secs()
+                );
+                Some(jsonrpc::error_with_data(
+                    Some(id),
+                    code::REQUEST_TIMEOUT,
+                    &msg,
+                    Some(
+                        json!({ "server": server, "limit": "timeout", "seconds": timeout.as_secs() }),
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Named {
+    Tool,
+    Prompt,
+}
+
+/// Removes the caller's progress token from `_meta` (the connection substitutes its own).
+fn take_progress_token(params: &mut ParamMap) -> Option<Box<RawValue>> {
+    let meta_raw = params.get("_meta")?;
+    let mut meta: serde_json::Map<String, Value> = serde_json::from_str(meta_raw.get()).ok()?;
+    let token = meta.remove("progressToken")?;
+    if meta.is_empty() {
+        params.remove("_meta");
+    } else {
+        params.insert("_meta".into(), jsonrpc::to_raw(&meta));
+    }
+    Some(jsonrpc::to_raw(&token))
+}

@@ -1,0 +1,445 @@
+//! The Streamable HTTP front (`/mcp`) and the guards every HTTP route passes through:
+//! bearer token, `Host` and `Origin` allow-lists (DNS-rebinding protection), body size limit.
+//!
+//! POST carries client messages; a request is answered with JSON, or with an SSE stream when it
+//! asked for progress and the client accepts `text/event-stream`. GET opens the session's stream
+//! for server notifications; DELETE ends the session. Requests without `Mcp-Session-Id` are served
+//! statelessly (no notifications outside the call), which also suits load generators.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::gateway::{Gateway, Session};
+use crate::jsonrpc::{self, Envelope, Kind, code};
+use crate::upstream::lock;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Who may talk to the HTTP listener.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    pub token: Option<String>,
+    pub listen: SocketAddr,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+impl Guard {
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = strip_port(host);
+        if is_loopback_name(name) {
+            return true;
+        }
+        if name.trim_matches(['[', ']']).parse::<IpAddr>().ok() == Some(self.listen.ip()) {
+            return true;
+        }
+        if self
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        // Bound to every interface: the names clients use are unknowable, so the token (which
+        // binding beyond loopback requires) is what protects the listener.
+        self.listen.ip().is_unspecified() && self.token.is_some()
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        if self
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        let Some(rest) = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+        else {
+            return false;
+        };
+        is_loopback_name(strip_port(rest))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        return &host[..end + 2];
+    }
+    host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
+}
+
+fn is_loopback_name(name: &str) -> bool {
+    let bare = name.trim_matches(['[', ']']);
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Shared state of the HTTP listener.
+pub struct HttpState {
+    pub gw: Arc<Gateway>,
+    pub guard: Guard,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    stateless: Arc<Session>,
+}
+
+impl HttpState {
+    pub fn new(gw: Arc<Gateway>, guard: Guard) -> Arc<HttpState> {
+        let stateless = gw.open_session(None);
+        Arc::new(HttpState {
+            gw,
+            guard,
+            sessions: Mutex::new(HashMap::new()),
+            stateless,
+        })
+    }
+}
+
+/// The `/mcp` routes plus `extra` (the management API), all behind the guard.
+pub fn router(state: Arc<HttpState>, extra: Router<Arc<HttpState>>) -> Router {
+    let max = state.guard.max_body_bytes;
+    Router::new()
+        .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
+        .merge(extra)
+        .layer(DefaultBodyLimit::max(max))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+async fn guard(State(st): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
+    let g = &st.guard;
+    let mcp = req.uri().path().starts_with("/mcp");
+    let deny = |status: StatusCode, msg: &str| -> Response {
+        let mut resp = if mcp {
+            json_response(status, jsonrpc::error(None, code::SERVER_UNAVAILABLE, msg))
+        } else {
+            crate::api::error(status, msg)
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    };
+    if let Some(token) = &g.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) {
+            return deny(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !g.host_allowed(host) {
+        return deny(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "Host `{host}` is not allowed (DNS-rebinding protection; see http.allowedHosts)"
+            ),
+        );
+    }
+    if let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        && !g.origin_allowed(origin)
+    {
+        return deny(
+            StatusCode::FORBIDDEN,
+            &format!("Origin `{origin}` is not allowed (see http.allowedOrigins)"),
+        );
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && mcp {
+        return json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            jsonrpc::error(
+                None,
+                code::INVALID_REQUEST,
+                &format!(
+                    "request body exceeds {} bytes (http.maxBodyBytes)",
+                    g.max_body_bytes
+                ),
+            ),
+        );
+    }
+    resp
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn accepts_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+fn new_session_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn post_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let named = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let session = match &named {
+        Some(sid) => match lock(&st.sessions).get(sid).cloned() {
+            Some(s) => Some(s),
+            None => {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    jsonrpc::error(
+                        None,
+                        code::INVALID_REQUEST,
+                        "Session not found (it expired or was deleted); initialize again",
+                    ),
+                );
+            }
+        },
+        None => None,
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first == Some(b'[') {
+        return post_batch(&st, session.unwrap_or_else(|| st.stateless.clone()), &body).await;
+    }
+    let env = match Envelope::parse(&body) {
+        Ok(env) => env,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error(None, code::PARSE_ERROR, &format!("Parse error: {e}")),
+            );
+        }
+    };
+    let kind = env.kind();
+    let is_init = kind == Kind::Request && env.method() == "initialize";
+    let wants_progress = kind == Kind::Request
+        && env
+            .params
+            .is_some_and(|p| p.get().contains("progressToken"));
+    let id: Option<Box<RawValue>> = env.id.map(RawValue::to_owned);
+    drop(env);
+    let (session, new_sid) = match session {
+        Some(s) => (s, None),
+        None if is_init => {
+            let sid = new_session_id();
+            let s = st.gw.open_session(None);
+            lock(&st.sessions).insert(sid.clone(), s.clone());
+            (s, Some(sid))
+        }
+        None => (st.stateless.clone(), None),
+    };
+    if kind != Kind::Request {
+        return match st.gw.handle(&session, &body, None).await {
+            Some(err) => json_response(StatusCode::BAD_REQUEST, err),
+            None => StatusCode::ACCEPTED.into_response(),
+        };
+    }
+    let mut resp = if wants_progress && accepts_sse(&headers) {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+        let gw = st.gw.clone();
+        tokio::spawn(async move {
+            let out = gw
+                .handle(&session, &body, Some(&tx))
+                .await
+                .unwrap_or_else(|| cancelled(id.as_deref()));
+            let _ = tx.send(out).await;
+        });
+        sse_response(rx)
+    } else {
+        let out = st
+            .gw
+            .handle(&session, &body, None)
+            .await
+            .unwrap_or_else(|| cancelled(id.as_deref()));
+        json_response(StatusCode::OK, out)
+    };
+    if let Some(sid) = new_sid
+        && let Ok(v) = HeaderValue::from_str(&sid)
+    {
+        resp.headers_mut().insert(SESSION_HEADER, v);
+    }
+    resp
+}
+
+/// HTTP must answer every request; a call the client itself cancelled gets this.
+fn cancelled(id: Option<&RawValue>) -> Vec<u8> {
+    jsonrpc::error(id, code::REQUEST_CANCELLED, "Request cancelled")
+}
+
+async fn post_batch(st: &HttpState, session: Arc<Session>, body: &[u8]) -> Response {
+    let items: Vec<&RawValue> = match serde_json::from_slice(body) {
+        Ok(items) => items,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error(None, code::PARSE_ERROR, &format!("Parse error: {e}")),
+            );
+        }
+    };
+    if items.is_empty() {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(None, code::INVALID_REQUEST, "Invalid request: empty batch"),
+        );
+    }
+    let answers = futures::future::join_all(
+        items
+            .iter()
+            .map(|m| st.gw.handle(&session, m.get().as_bytes(), None)),
+    )
+    .await;
+    let answers: Vec<Vec<u8>> = answers.into_iter().flatten().collect();
+    if answers.is_empty() {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let mut out = b"[".to_vec();
+    out.extend(answers.join(&b","[..]));
+    out.push(b']');
+    json_response(StatusCode::OK, out)
+}
+
+fn sse_response(rx: mpsc::Receiver<Vec<u8>>) -> Response {
+    let stream = ReceiverStream::new(rx).map(|msg| {
+        let mut frame = Vec::with_capacity(msg.len() + 24);
+        frame.extend_from_slice(b"event: message\ndata: ");
+        frame.extend_from_slice(&msg);
+        frame.extend_from_slice(b"\n\n");
+        Ok::<_, std::convert::Infallible>(Bytes::from(frame))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn get_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    if !accepts_sse(&headers) {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET /mcp opens an event stream: send `Accept: text/event-stream`",
+        )
+            .into_response();
+    }
+    let Some(session) = headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|sid| lock(&st.sessions).get(sid).cloned())
+    else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                None,
+                code::INVALID_REQUEST,
+                "GET /mcp needs a valid Mcp-Session-Id (initialize first)",
+            ),
+        );
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    session.set_out(Some(tx));
+    sse_response(rx)
+}
+
+async fn delete_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                None,
+                code::INVALID_REQUEST,
+                "DELETE /mcp needs Mcp-Session-Id",
+            ),
+        );
+    };
+    match lock(&st.sessions).remove(sid) {
+        Some(s) => {
+            st.gw.close_session(s.id);
+            s.set_out(None);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(listen: &str, token: Option<&str>) -> Guard {
+        Guard {
+            token: token.map(str::to_string),
+            listen: listen.parse().unwrap(),
+            allowed_hosts: vec!["corral.internal".into()],
+            allowed_origins: vec!["https://app.example".into()],
+            max_body_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn hosts_are_checked_against_loopback_listen_and_allow_list() {
+        let g = guard("127.0.0.1:8787", None);
+        for ok in [
+            "localhost:8787",
+            "127.0.0.1:8787",
+            "[::1]:8787",
+            "localhost",
+            "corral.internal",
+        ] {
+            assert!(g.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8787", "", "10.0.0.1:8787"] {
+            assert!(!g.host_allowed(bad), "{bad}");
+        }
+        assert!(guard("0.0.0.0:8787", Some("t")).host_allowed("anything:8787"));
+        assert!(!guard("0.0.0.0:8787", None).host_allowed("anything:8787"));
+    }
+
+    #[test]
+    fn origins_must_be_loopback_or_listed() {
+        let g = guard("127.0.0.1:8787", None);
+        assert!(g.origin_allowed("http://localhost:3000"));
+        assert!(g.origin_allowed("http://127.0.0.1"));
+        assert!(g.origin_allowed("https://app.example"));
+        assert!(!g.origin_allowed("http://evil.example"));
+        assert!(!g.origin_allowed("null"));
+    }
+}

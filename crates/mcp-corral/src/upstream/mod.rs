@@ -1,0 +1,427 @@
+//! The JSON-RPC link to one upstream MCP server.
+//!
+//! A [`Connection`] owns nothing but the byte streams to a server. It assigns its own request
+//! ids (so concurrent callers can never collide), keeps the pending map that returns every reply
+//! to exactly the caller that asked, maps progress tokens back to the caller's own token and
+//! sink, and hands every other server notification to [`Events`]. It never parses payloads it
+//! does not need to route.
+//!
+//! Seams: the supervisor creates connections over a child's pipes and closes them with the exit
+//! status; the gateway calls [`Connection::start_call`] and [`Connection::cancel`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::jsonrpc::{self, Envelope, Kind, Reply};
+
+/// Messages queued to a server's stdin before callers are told to back off.
+const WRITE_QUEUE: usize = 1024;
+/// Calls in flight to one server before new ones get a "busy" error.
+const MAX_PENDING: usize = 4096;
+/// The longest line accepted from a server (64 MiB); longer lines are dropped with a log entry.
+const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// Where notifications tied to one call (progress) are delivered: the caller's outbound queue.
+pub type Sink = mpsc::Sender<Vec<u8>>;
+
+/// Receives what a server sends that is not a reply to a call.
+pub trait Events: Send + Sync + 'static {
+    /// A notification not tied to a call: `notifications/tools/list_changed`, `notifications/message`, …
+    fn notification(&self, server: &str, method: &str, params: Option<&RawValue>);
+    /// A line on stdout that is not JSON-RPC: kept in the server's log.
+    fn stray_output(&self, server: &str, line: &str);
+}
+
+/// Why a call did not get a reply from the server.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("server `{server}` {reason}")]
+    Closed { server: String, reason: String },
+    #[error("server `{server}` has {MAX_PENDING} calls in flight; try again later")]
+    Busy { server: String },
+    #[error("request cancelled")]
+    Cancelled,
+}
+
+impl CallError {
+    pub fn code(&self) -> i64 {
+        match self {
+            CallError::Closed { .. } => jsonrpc::code::SERVER_UNAVAILABLE,
+            CallError::Busy { .. } => jsonrpc::code::BUSY,
+            CallError::Cancelled => jsonrpc::code::REQUEST_CANCELLED,
+        }
+    }
+}
+
+/// Request parameters as Corral forwards them.
+pub enum Params<'a> {
+    None,
+    /// Forwarded unchanged.
+    Raw(&'a str),
+    /// Top-level members kept raw; the gateway rewrites only the ones it routes on.
+    Object(ParamMap),
+}
+
+pub type ParamMap = BTreeMap<String, Box<RawValue>>;
+
+/// Where a call's progress notifications go, and under which token the caller knows them.
+pub struct ProgressRoute {
+    pub sink: Sink,
+    pub token: Box<RawValue>,
+}
+
+struct Pending {
+    reply: oneshot::Sender<Result<Reply, CallError>>,
+    progress: Option<ProgressRoute>,
+}
+
+/// A live link to one server.
+pub struct Connection {
+    server: Arc<str>,
+    writer: mpsc::Sender<Vec<u8>>,
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, Pending>>,
+    closed: Mutex<Option<String>>,
+}
+
+/// A call in flight; await `reply`, or cancel by `id`.
+pub struct CallHandle {
+    pub id: u64,
+    pub reply: oneshot::Receiver<Result<Reply, CallError>>,
+}
+
+impl Connection {
+    /// Starts the reader and writer tasks over a server's stdout/stdin.
+    ///
+    /// `on_eof` fires when the server closes its stdout, so the supervisor can reap it.
+    pub fn spawn<R, W>(
+        server: &str,
+        stdout: R,
+        stdin: W,
+        events: Arc<dyn Events>,
+        on_eof: oneshot::Sender<()>,
+    ) -> Arc<Connection>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let conn = Arc::new(Connection {
+            server: server.into(),
+            writer: tx,
+            next_id: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            closed: Mutex::new(None),
+        });
+        tokio::spawn(write_loop(stdin, rx));
+        let reader = conn.clone();
+        tokio::spawn(async move {
+            reader.read_loop(stdout, events).await;
+            let _ = on_eof.send(());
+        });
+        conn
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Sends a request; the reply arrives on the returned handle.
+    pub async fn start_call(
+        &self,
+        method: &str,
+        params: Params<'_>,
+        progress: Option<ProgressRoute>,
+    ) -> Result<CallHandle, CallError> {
+        if let Some(reason) = lock(&self.closed).clone() {
+            return Err(CallError::Closed {
+                server: self.server.to_string(),
+                reason,
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params_text = match params {
+            Params::None => None,
+            Params::Raw(raw) => Some(raw.to_string()),
+            Params::Object(mut map) => {
+                if progress.is_some() {
+                    set_progress_token(&mut map, id);
+                }
+                Some(serialize_map(&map))
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = lock(&self.pending);
+            if pending.len() >= MAX_PENDING {
+                return Err(CallError::Busy {
+                    server: self.server.to_string(),
+                });
+            }
+            pending.insert(
+                id,
+                Pending {
+                    reply: tx,
+                    progress,
+                },
+            );
+        }
+        let line = jsonrpc::request_raw(&id.to_string(), method, params_text.as_deref());
+        if self.writer.send(line).await.is_err() {
+            lock(&self.pending).remove(&id);
+            return Err(self.closed_error());
+        }
+        Ok(CallHandle { id, reply: rx })
+    }
+
+    /// A request/response round trip for Corral's own use (handshake, lists, health).
+    pub async fn request(&self, method: &str, params: Option<&str>) -> Result<Reply, CallError> {
+        let params = params.map_or(Params::None, Params::Raw);
+        let handle = self.start_call(method, params, None).await?;
+        handle
+            .reply
+            .await
+            .unwrap_or_else(|_| Err(self.closed_error()))
+    }
+
+    /// Sends a notification to the server.
+    pub async fn notify(&self, method: &str, params: Option<&str>) -> Result<(), CallError> {
+        let line = jsonrpc::notification_raw(method, params);
+        self.writer
+            .send(line)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Releases a pending call and tells the server (`notifications/cancelled`).
+    pub async fn cancel(&self, id: u64, reason: &str) {
+        let removed = lock(&self.pending).remove(&id);
+        if let Some(p) = removed {
+            let _ = p.reply.send(Err(CallError::Cancelled));
+            let params = serde_json::json!({ "requestId": id, "reason": reason }).to_string();
+            let _ = self.notify("notifications/cancelled", Some(&params)).await;
+        }
+    }
+
+    /// Fails every call in flight with `reason` and refuses new ones. Called by the supervisor
+    /// with the exit status, so callers learn at once why their call ended.
+    pub fn close(&self, reason: &str) {
+        *lock(&self.closed) = Some(reason.to_string());
+        let drained: Vec<Pending> = lock(&self.pending).drain().map(|(_, p)| p).collect();
+        for p in drained {
+            let _ = p.reply.send(Err(CallError::Closed {
+                server: self.server.to_string(),
+                reason: reason.to_string(),
+            }));
+        }
+    }
+
+    /// Closes the server's stdin once everything queued before has been written: the first,
+    /// polite stop signal for a stdio server.
+    pub async fn close_stdin(&self) {
+        let _ = self.writer.send(Vec::new()).await;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    fn closed_error(&self) -> CallError {
+        let reason = lock(&self.closed)
+            .clone()
+            .unwrap_or_else(|| "closed its connection".into());
+        CallError::Closed {
+            server: self.server.to_string(),
+            reason,
+        }
+    }
+
+    async fn read_loop<R: tokio::io::AsyncRead + Unpin>(&self, stdout: R, events: Arc<dyn Events>) {
+        let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+        let mut line = Vec::with_capacity(4096);
+        loop {
+            line.clear();
+            match read_line_limited(&mut reader, &mut line).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    events.stray_output(
+                        &self.server,
+                        &format!("[corral] reading stdout failed: {e}"),
+                    );
+                    break;
+                }
+            }
+            let text = trim_line(&line);
+            if text.is_empty() {
+                continue;
+            }
+            self.dispatch(text, events.as_ref()).await;
+        }
+    }
+
+    async fn dispatch(&self, text: &[u8], events: &dyn Events) {
+        let Ok(env) = Envelope::parse(text) else {
+            events.stray_output(&self.server, &String::from_utf8_lossy(text));
+            return;
+        };
+        match env.kind() {
+            Kind::Response => self.on_response(&env),
+            Kind::Notification => self.on_notification(&env, events),
+            Kind::Request => self.on_server_request(&env).await,
+            Kind::Invalid => events.stray_output(&self.server, &String::from_utf8_lossy(text)),
+        }
+    }
+
+    fn on_response(&self, env: &Envelope<'_>) {
+        let Some(id) = env.id.and_then(|raw| raw.get().parse::<u64>().ok()) else {
+            return;
+        };
+        let Some(pending) = lock(&self.pending).remove(&id) else {
+            return;
+        };
+        let reply = match (env.result, env.error) {
+            (Some(r), _) => Reply::Result(r.to_owned()),
+            (None, Some(e)) => Reply::Error(e.to_owned()),
+            (None, None) => return,
+        };
+        let _ = pending.reply.send(Ok(reply));
+    }
+
+    fn on_notification(&self, env: &Envelope<'_>, events: &dyn Events) {
+        if env.method() == "notifications/progress"
+            && let Some(params) = env.params
+        {
+            self.route_progress(params);
+            return;
+        }
+        events.notification(&self.server, env.method(), env.params);
+    }
+
+    /// Progress tokens sent upstream are Corral's request ids, so the token finds the caller.
+    fn route_progress(&self, params: &RawValue) {
+        let Ok(mut map) = serde_json::from_str::<ParamMap>(params.get()) else {
+            return;
+        };
+        let Some(id) = map
+            .get("progressToken")
+            .and_then(|t| t.get().parse::<u64>().ok())
+        else {
+            return;
+        };
+        let (sink, token) = {
+            let pending = lock(&self.pending);
+            let Some(route) = pending.get(&id).and_then(|p| p.progress.as_ref()) else {
+                return;
+            };
+            (route.sink.clone(), route.token.clone())
+        };
+        map.insert("progressToken".into(), token);
+        let line = jsonrpc::notification_raw("notifications/progress", Some(&serialize_map(&map)));
+        // A client that stops reading loses progress updates, never replies: drop when full.
+        let _ = sink.try_send(line);
+    }
+
+    /// Server-to-client requests: `ping` is answered here; forwarding sampling, elicitation
+    /// and roots to clients is not implemented yet, so the server gets a clear error at once.
+    async fn on_server_request(&self, env: &Envelope<'_>) {
+        let Some(id) = env.id else { return };
+        let line = if env.method() == "ping" {
+            jsonrpc::response_raw(id, "result", "{}")
+        } else {
+            jsonrpc::error(
+                Some(id),
+                jsonrpc::code::METHOD_NOT_FOUND,
+                &format!("Corral cannot forward `{}` to a client yet", env.method()),
+            )
+        };
+        let _ = self.writer.send(line).await;
+    }
+}
+
+fn set_progress_token(map: &mut ParamMap, id: u64) {
+    let mut meta: serde_json::Map<String, serde_json::Value> = map
+        .get("_meta")
+        .and_then(|m| serde_json::from_str(m.get()).ok())
+        .unwrap_or_default();
+    meta.insert("progressToken".into(), id.into());
+    map.insert("_meta".into(), jsonrpc::to_raw(&meta));
+}
+
+/// Serialises a map of raw members without re-parsing them.
+pub fn serialize_map(map: &ParamMap) -> String {
+    let mut out =
+        String::with_capacity(map.values().map(|v| v.get().len() + 16).sum::<usize>() + 2);
+    out.push('{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).unwrap_or_default());
+        out.push(':');
+        out.push_str(v.get());
+    }
+    out.push('}');
+    out
+}
+
+/// Strips the newline, a trailing CR and a UTF-8 BOM.
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut s = line;
+    while let [rest @ .., b'\n' | b'\r'] = s {
+        s = rest;
+    }
+    s.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(s)
+}
+
+async fn read_line_limited<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    let n = reader.read_until(b'\n', line).await?;
+    if line.len() > MAX_LINE {
+        line.truncate(0);
+        line.extend_from_slice(b"[corral] dropped an oversized line from the server");
+    }
+    Ok(n)
+}
+
+/// Writes queued lines, flushing only when the queue is empty so bursts share one syscall.
+async fn write_loop<W: AsyncWrite + Unpin>(stdin: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
+    while let Some(mut line) = rx.recv().await {
+        if line.is_empty() {
+            break;
+        }
+        line.push(b'\n');
+        if w.write_all(&line).await.is_err() {
+            return;
+        }
+        while let Ok(mut more) = rx.try_recv() {
+            if more.is_empty() {
+                let _ = w.shutdown().await;
+                return;
+            }
+            more.push(b'\n');
+            if w.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    // Asked to close (or every sender is gone): flush and close stdin.
+    let _ = w.shutdown().await;
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical section
+/// here leaves the maps consistent, so the data stays valid.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
