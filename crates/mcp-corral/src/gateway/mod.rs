@@ -27,6 +27,8 @@ pub use catalog::Merged;
 /// Protocol revisions a client may negotiate with `initialize`, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 pub const LATEST_VERSION: &str = "2025-11-25";
+/// How long a list request waits for servers Corral has never seen to report their lists.
+const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One connected client: a stdio peer, or one HTTP `Mcp-Session-Id`.
 pub struct Session {
@@ -207,10 +209,10 @@ impl Gateway {
         match env.method() {
             "initialize" => Some(self.initialize(session, id, params)),
             "ping" => Some(jsonrpc::response_raw(id, "result", "{}")),
-            "tools/list" => Some(self.catalog().tools.to_response(id)),
-            "prompts/list" => Some(self.catalog().prompts.to_response(id)),
-            "resources/list" => Some(self.catalog().resources.to_response(id)),
-            "resources/templates/list" => Some(self.catalog().templates.to_response(id)),
+            "tools/list" => Some(self.listed().await.tools.to_response(id)),
+            "prompts/list" => Some(self.listed().await.prompts.to_response(id)),
+            "resources/list" => Some(self.listed().await.resources.to_response(id)),
+            "resources/templates/list" => Some(self.listed().await.templates.to_response(id)),
             "tools/call" => {
                 self.call_named(session, id, "tools/call", params, call_sink, Named::Tool)
                     .await
@@ -230,6 +232,15 @@ impl Gateway {
                 &format!("Method not found: {other}"),
             )),
         }
+    }
+
+    /// The catalog for a list request: complete once first-run discovery is done (bounded wait).
+    async fn listed(&self) -> Arc<Merged> {
+        if self.sup.discovery_pending() {
+            self.sup.discovered(DISCOVERY_WAIT).await;
+            self.on_notice(None);
+        }
+        self.catalog()
     }
 
     fn initialize(&self, session: &Session, id: &RawValue, params: Option<&RawValue>) -> Vec<u8> {

@@ -269,6 +269,8 @@ pub struct Supervisor {
     servers: RwLock<BTreeMap<String, Arc<Server>>>,
     shared: Arc<Shared>,
     discovery: Arc<Semaphore>,
+    /// Discovery runs still going; list requests wait (bounded) until it is zero.
+    discovering: watch::Sender<usize>,
 }
 
 /// How long a lazy start may take before the call gets an error.
@@ -292,6 +294,7 @@ impl Supervisor {
                 stored: Mutex::new(stored.unwrap_or_default()),
             }),
             discovery: Arc::new(Semaphore::new(4)),
+            discovering: watch::Sender::new(0),
         })
     }
 
@@ -445,7 +448,9 @@ impl Supervisor {
                 let _ = s.control.send(Control::Start);
             } else if !s.lists().known {
                 let sup = self.clone();
+                self.discovering.send_modify(|n| *n += 1);
                 tokio::spawn(async move {
+                    let _done = DiscoveryDone(sup.discovering.clone());
                     let Ok(_permit) = sup.discovery.clone().acquire_owned().await else {
                         return;
                     };
@@ -471,10 +476,29 @@ impl Supervisor {
         }
     }
 
+    pub fn discovery_pending(&self) -> bool {
+        *self.discovering.borrow() > 0
+    }
+
+    /// Waits until first-run discoveries have finished (or `timeout` passes), so the first
+    /// `tools/list` a client sends after start-up is complete rather than partial.
+    pub async fn discovered(&self, timeout: Duration) {
+        let mut rx = self.discovering.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+    }
+
     /// Stops every server (in parallel) and waits for all of them.
     pub async fn shutdown(&self) {
         let ids: Vec<String> = self.all().iter().map(|s| s.id().to_string()).collect();
         futures::future::join_all(ids.iter().map(|id| self.stop(id))).await;
+    }
+}
+
+struct DiscoveryDone(watch::Sender<usize>);
+
+impl Drop for DiscoveryDone {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
