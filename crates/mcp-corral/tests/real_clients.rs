@@ -124,7 +124,7 @@ async fn python_sdk_client_over_http() {
         ],
     );
     check(&out, "python");
-    assert_eq!(out["templated"][0].as_str().unwrap().is_empty(), false);
+    assert!(!out["templated"][0].as_str().unwrap().is_empty());
     assert!(
         out["unknownIsError"] == Value::Bool(true)
             || out["unknownText"].to_string().contains("Unknown tool"),

@@ -15,7 +15,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Invalid(Diagnostic),
+    Invalid(Box<Diagnostic>),
+}
+
+impl ConfigError {
+    pub fn invalid(d: Diagnostic) -> ConfigError {
+        ConfigError::Invalid(Box::new(d))
+    }
 }
 
 /// Where a config is wrong and what to do about it.
@@ -170,7 +176,7 @@ pub fn parse_typed<T: DeserializeOwned>(
             }
         }
     };
-    Err(ConfigError::Invalid(diagnose(
+    Err(ConfigError::invalid(diagnose(
         path, &key, &message, line, column,
     )))
 }
@@ -183,7 +189,7 @@ fn toml_diag(path: &Path, text: &str, key: &str, e: &toml::de::Error) -> ConfigE
         }
         None => (None, None),
     };
-    ConfigError::Invalid(diagnose(path, key, e.message(), line, column))
+    ConfigError::invalid(diagnose(path, key, e.message(), line, column))
 }
 
 /// serde_json and serde_norway append " at line X column Y"; Corral prints the location itself.
@@ -207,6 +213,12 @@ fn diagnose(
     let mut diag = Diagnostic::new(path, key, message);
     diag.line = line;
     diag.column = column;
+    // serde_norway prefixes its own path (`servers[0]: unknown field …`); the key is shown separately.
+    let message = ["unknown field", "unknown variant"]
+        .iter()
+        .find_map(|k| message.find(k).map(|i| &message[i..]))
+        .unwrap_or(message);
+    diag.message = message.to_string();
     for kind in ["unknown field", "unknown variant"] {
         if let Some(rest) = message.strip_prefix(kind) {
             let names: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();

@@ -33,14 +33,14 @@ pub fn interpolate_config(
                 d.line = Some(line);
                 d.column = Some(col);
             }
-            ConfigError::Invalid(d)
+            ConfigError::invalid(d)
         })
     })?;
     serde_json::from_value(value).map_err(|e| internal(path, e))
 }
 
 fn internal(path: &Path, e: serde_json::Error) -> ConfigError {
-    ConfigError::Invalid(Diagnostic::new(
+    ConfigError::invalid(Diagnostic::new(
         path,
         "",
         &format!("internal error while interpolating: {e}"),
@@ -53,11 +53,7 @@ fn walk(
     f: &mut dyn FnMut(&str, &str) -> Result<String, ConfigError>,
 ) -> Result<(), ConfigError> {
     match value {
-        Value::String(s) => {
-            if s.contains('$') {
-                *s = f(&key, s)?;
-            }
-        }
+        Value::String(s) if s.contains('$') => *s = f(&key, s)?,
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 walk(item, format!("{key}[{i}]"), f)?;

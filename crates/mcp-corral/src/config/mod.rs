@@ -211,7 +211,7 @@ pub fn parse_file(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<FileConfig, ConfigError> {
     let format = Format::from_path(path).ok_or_else(|| {
-        ConfigError::Invalid(Diagnostic::new(
+        ConfigError::invalid(Diagnostic::new(
             path,
             "",
             "unknown config file extension: use .yaml, .yml, .json or .toml",
@@ -225,7 +225,9 @@ pub fn parse_file(
     } else {
         error::parse_typed::<FileConfig>(path, text, format)?
     };
-    interpolate::interpolate_config(path, text, config, env)
+    let mut config = interpolate::interpolate_config(path, text, config, env)?;
+    config.client_file = is_client_file;
+    Ok(config)
 }
 
 /// Claude Desktop / VS Code / Cursor `mcpServers` entries become Corral servers.
@@ -243,7 +245,7 @@ fn from_client_file(
             Some("http") | Some("streamable-http") | Some("streamableHttp") => TransportKind::Http,
             Some("sse") => TransportKind::Sse,
             Some(other) => {
-                return Err(ConfigError::Invalid(
+                return Err(ConfigError::invalid(
                     Diagnostic::new(
                         path,
                         &format!("{key}.type"),
@@ -341,7 +343,11 @@ fn normalise(files: Vec<(PathBuf, &str, FileConfig)>) -> Result<Config, ConfigEr
             .chain(file.runner.iter().map(|r| ("runner.servers", &r.servers)));
         for (base, list) in lists {
             for (i, spec) in list.iter().enumerate() {
-                entries.push((format!("{base}[{i}]"), spec.clone()));
+                let key = match (&spec.id, file.client_file) {
+                    (Some(id), true) => format!("mcpServers.{id}"),
+                    _ => format!("{base}[{i}]"),
+                };
+                entries.push((key, spec.clone()));
             }
         }
         for (key, spec) in entries {
@@ -382,7 +388,7 @@ const SANDBOX_UNAVAILABLE: &str = "sandboxing is not yet available in this versi
     server unconfined (only `limits.timeout` is supported now)";
 
 fn invalid(path: &Path, text: &str, key: &str, message: &str) -> ConfigError {
-    ConfigError::Invalid(Diagnostic::new(path, key, message).locate(text))
+    ConfigError::invalid(Diagnostic::new(path, key, message).locate(text))
 }
 
 fn resolve_relative(config_file: &Path, p: &str) -> PathBuf {

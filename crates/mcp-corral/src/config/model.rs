@@ -38,6 +38,10 @@ pub struct FileConfig {
     /// Default permissions and limits inherited by every server (enforced by the sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxDefaults>,
+    /// Set when the file was a client's `mcpServers` file, so errors name its keys.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub client_file: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, JsonSchema)]

@@ -18,7 +18,7 @@ fn load_text(name: &str, text: &str) -> Result<Config, ConfigError> {
 
 fn diag(err: ConfigError) -> Diagnostic {
     match err {
-        ConfigError::Invalid(d) => d,
+        ConfigError::Invalid(d) => *d,
         other => panic!("expected a diagnostic, got {other}"),
     }
 }

@@ -52,6 +52,11 @@ impl Session {
     }
 }
 
+/// A caller's request: (session id, the request id as the client wrote it).
+type CallKey = (u64, String);
+/// Where that request went: the connection and Corral's id on it.
+type UpstreamCall = (Arc<Connection>, u64);
+
 pub struct Gateway {
     sup: Arc<Supervisor>,
     namespace: Namespace,
@@ -59,7 +64,7 @@ pub struct Gateway {
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
     next_session: AtomicU64,
     /// (session, caller's id) → the upstream call, so `notifications/cancelled` can find it.
-    inflight: Mutex<HashMap<(u64, String), (Arc<Connection>, u64)>>,
+    inflight: Mutex<HashMap<CallKey, UpstreamCall>>,
     api_session: std::sync::OnceLock<Arc<Session>>,
     next_api_id: AtomicU64,
 }
@@ -121,7 +126,7 @@ impl Gateway {
 
     pub fn close_session(&self, id: u64) {
         lock(&self.sessions).remove(&id);
-        let calls: Vec<(Arc<Connection>, u64)> = {
+        let calls: Vec<UpstreamCall> = {
             let mut inflight = lock(&self.inflight);
             let keys: Vec<_> = inflight.keys().filter(|(s, _)| *s == id).cloned().collect();
             keys.into_iter()

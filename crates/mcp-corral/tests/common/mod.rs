@@ -104,7 +104,11 @@ impl Corral {
     /// Writes `config` (YAML) and starts `corral serve` on a free port; waits for `/health`.
     pub async fn start(config: &str, extra: &[&str]) -> Corral {
         let dir = tempfile::tempdir().unwrap();
-        let config = format!("{config}\nstateDir: {}/state\n", dir.path().display());
+        let config = if config.contains("stateDir:") {
+            config.to_string()
+        } else {
+            format!("{config}\nstateDir: {}/state\n", dir.path().display())
+        };
         std::fs::write(dir.path().join("corral.yaml"), config).unwrap();
         let port = free_port();
         let child = Command::new(BIN)
@@ -281,10 +285,10 @@ impl StdioPeer {
                 };
                 if v.get("method").is_some() {
                     let _ = ntx.send(v);
-                } else if let Some(id) = v.get("id") {
-                    if let Some(tx) = p.lock().unwrap().remove(&id.to_string()) {
-                        let _ = tx.send(v);
-                    }
+                } else if let Some(id) = v.get("id")
+                    && let Some(tx) = p.lock().unwrap().remove(&id.to_string())
+                {
+                    let _ = tx.send(v);
                 }
             }
         });
