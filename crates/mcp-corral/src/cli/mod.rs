@@ -148,10 +148,7 @@ enum ConfigCmd {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_level.as_deref(), cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("corral: cannot start the async runtime: {e}");
@@ -167,6 +164,21 @@ pub fn main() -> ExitCode {
             eprintln!("corral: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// `CORRAL_THREADS=N` picks N worker threads; 1 (the default) runs everything on one thread.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let threads = std::env::var("CORRAL_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(1);
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
     }
 }
 

@@ -9,8 +9,66 @@ use tokio::sync::mpsc;
 use crate::gateway::Gateway;
 
 /// Serves one client on stdin/stdout until stdin closes.
+///
+/// tokio's `stdin()`/`stdout()` read and write on a blocking thread pool, a thread hop per
+/// message; pipes and sockets are registered with the reactor instead. Files and terminals (no
+/// readiness notifications) fall back to tokio's blocking stdio.
 pub async fn serve(gw: Arc<Gateway>) -> std::io::Result<()> {
-    serve_io(gw, tokio::io::stdin(), tokio::io::stdout()).await
+    serve_io(gw, async_fd_reader(0), async_fd_writer(1)).await
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+fn dup_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: fds 0 and 1 stay open for the life of the process; we only borrow them to dup.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .ok()
+}
+
+fn is_socket(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fd.try_clone().is_ok_and(|dup| {
+        std::fs::File::from(dup)
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_socket())
+    })
+}
+
+fn async_fd_reader(fd: i32) -> Reader {
+    use tokio::net::unix::pipe;
+    if let Some(owned) = dup_fd(fd) {
+        if is_socket(&owned) {
+            let std = std::os::unix::net::UnixStream::from(owned);
+            if std.set_nonblocking(true).is_ok()
+                && let Ok(s) = tokio::net::UnixStream::from_std(std)
+            {
+                return Box::new(s);
+            }
+        } else if let Ok(r) = pipe::Receiver::from_owned_fd(owned) {
+            return Box::new(r);
+        }
+    }
+    Box::new(tokio::io::stdin())
+}
+
+fn async_fd_writer(fd: i32) -> Writer {
+    use tokio::net::unix::pipe;
+    if let Some(owned) = dup_fd(fd) {
+        if is_socket(&owned) {
+            let std = std::os::unix::net::UnixStream::from(owned);
+            if std.set_nonblocking(true).is_ok()
+                && let Ok(s) = tokio::net::UnixStream::from_std(std)
+            {
+                return Box::new(s);
+            }
+        } else if let Ok(w) = pipe::Sender::from_owned_fd(owned) {
+            return Box::new(w);
+        }
+    }
+    Box::new(tokio::io::stdout())
 }
 
 pub async fn serve_io<R, W>(gw: Arc<Gateway>, input: R, output: W) -> std::io::Result<()>
@@ -18,24 +76,26 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let out = Arc::new(Out(tokio::sync::Mutex::new(
+        tokio::io::BufWriter::with_capacity(64 * 1024, output),
+    )));
+    // Notifications (progress, list_changed, log messages) arrive on a queue; replies are
+    // written directly by the task that produced them.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
-    let session = gw.open_session(Some(tx.clone()));
-    let writer = tokio::spawn(async move {
-        let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, output);
-        while let Some(mut msg) = rx.recv().await {
-            msg.push(b'\n');
-            out.write_all(&msg).await?;
-            // Write everything already queued before paying for a flush.
-            while let Ok(mut more) = rx.try_recv() {
-                more.push(b'\n');
-                out.write_all(&more).await?;
+    let session = gw.open_session(Some(tx));
+    let notifier = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if out.write(&msg).await.is_err() {
+                    return;
+                }
             }
-            out.flush().await?;
-        }
-        Ok::<_, std::io::Error>(())
-    });
+        })
+    };
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut line = Vec::with_capacity(4096);
+    let mut inflight = tokio::task::JoinSet::new();
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line).await? == 0 {
@@ -46,23 +106,37 @@ where
             continue;
         }
         if is_request(msg) {
-            let (gw, session, tx, msg) = (gw.clone(), session.clone(), tx.clone(), msg.to_vec());
-            tokio::spawn(async move {
+            let (gw, session, out, msg) = (gw.clone(), session.clone(), out.clone(), msg.to_vec());
+            inflight.spawn(async move {
                 if let Some(resp) = gw.handle(&session, &msg, None).await {
-                    let _ = tx.send(resp).await;
+                    let _ = out.write(&resp).await;
                 }
             });
+            // Reap finished tasks as we go so the set stays small.
+            while inflight.try_join_next().is_some() {}
         } else if let Some(resp) = gw.handle(&session, msg, None).await {
             // Notifications (cancellation) are handled in order, before later requests.
-            let _ = tx.send(resp).await;
+            let _ = out.write(&resp).await;
         }
     }
     gw.close_session(session.id);
     session.set_out(None);
-    drop(tx);
-    // Let answers that are still being computed finish writing (bounded by call timeouts).
-    let _ = writer.await;
+    // Let answers that are still being computed finish writing (calls closed above end at once).
+    while inflight.join_next().await.is_some() {}
+    notifier.abort();
     Ok(())
+}
+
+/// Corral's stdout, shared by every task that answers.
+struct Out<W>(tokio::sync::Mutex<tokio::io::BufWriter<W>>);
+
+impl<W: tokio::io::AsyncWrite + Unpin> Out<W> {
+    async fn write(&self, msg: &[u8]) -> std::io::Result<()> {
+        let mut w = self.0.lock().await;
+        w.write_all(msg).await?;
+        w.write_all(b"\n").await?;
+        w.flush().await
+    }
 }
 
 /// Cheap check for `"id"` so notifications stay in order and requests run concurrently; a

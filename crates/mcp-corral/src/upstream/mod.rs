@@ -19,8 +19,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::jsonrpc::{self, Envelope, Kind, Reply};
 
-/// Messages queued to a server's stdin before callers are told to back off.
-const WRITE_QUEUE: usize = 1024;
 /// Calls in flight to one server before new ones get a "busy" error.
 const MAX_PENDING: usize = 4096;
 /// The longest line accepted from a server (64 MiB); longer lines are dropped with a log entry.
@@ -69,6 +67,8 @@ pub enum Params<'a> {
 
 pub type ParamMap = BTreeMap<String, Box<RawValue>>;
 
+type BoxWriter = tokio::io::BufWriter<Box<dyn AsyncWrite + Unpin + Send>>;
+
 /// Where a call's progress notifications go, and under which token the caller knows them.
 pub struct ProgressRoute {
     pub sink: Sink,
@@ -83,7 +83,9 @@ struct Pending {
 /// A live link to one server.
 pub struct Connection {
     server: Arc<str>,
-    writer: mpsc::Sender<Vec<u8>>,
+    /// The server's stdin. Callers write their own request under the lock (no writer task in
+    /// between: one task wake-up less per call); `None` once stdin is closed.
+    writer: tokio::sync::Mutex<Option<BoxWriter>>,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
     closed: Mutex<Option<String>>,
@@ -110,15 +112,17 @@ impl Connection {
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let stdin: Box<dyn AsyncWrite + Unpin + Send> = Box::new(stdin);
         let conn = Arc::new(Connection {
             server: server.into(),
-            writer: tx,
+            writer: tokio::sync::Mutex::new(Some(tokio::io::BufWriter::with_capacity(
+                64 * 1024,
+                stdin,
+            ))),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
         });
-        tokio::spawn(write_loop(stdin, rx));
         let reader = conn.clone();
         tokio::spawn(async move {
             reader.read_loop(stdout, events).await;
@@ -172,7 +176,7 @@ impl Connection {
             );
         }
         let line = jsonrpc::request_raw(&id.to_string(), method, params_text.as_deref());
-        if self.writer.send(line).await.is_err() {
+        if self.write_line(&line).await.is_err() {
             lock(&self.pending).remove(&id);
             return Err(self.closed_error());
         }
@@ -192,10 +196,28 @@ impl Connection {
     /// Sends a notification to the server.
     pub async fn notify(&self, method: &str, params: Option<&str>) -> Result<(), CallError> {
         let line = jsonrpc::notification_raw(method, params);
-        self.writer
-            .send(line)
+        self.write_line(&line)
             .await
             .map_err(|_| self.closed_error())
+    }
+
+    /// Writes one message and its newline, then flushes.
+    async fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut guard = self.writer.lock().await;
+        let Some(w) = guard.as_mut() else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        let result = async {
+            w.write_all(line).await?;
+            w.write_all(b"\n").await?;
+            w.flush().await
+        }
+        .await;
+        if result.is_err() {
+            // A broken pipe stays broken: drop the writer so later calls fail fast.
+            *guard = None;
+        }
+        result
     }
 
     /// Releases a pending call and tells the server (`notifications/cancelled`).
@@ -224,7 +246,9 @@ impl Connection {
     /// Closes the server's stdin once everything queued before has been written: the first,
     /// polite stop signal for a stdio server.
     pub async fn close_stdin(&self) {
-        let _ = self.writer.send(Vec::new()).await;
+        if let Some(mut w) = self.writer.lock().await.take() {
+            let _ = w.shutdown().await;
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -340,7 +364,7 @@ impl Connection {
                 &format!("Corral cannot forward `{}` to a client yet", env.method()),
             )
         };
-        let _ = self.writer.send(line).await;
+        let _ = self.write_line(&line).await;
     }
 }
 
@@ -389,35 +413,6 @@ async fn read_line_limited<R: tokio::io::AsyncRead + Unpin>(
         line.extend_from_slice(b"[corral] dropped an oversized line from the server");
     }
     Ok(n)
-}
-
-/// Writes queued lines, flushing only when the queue is empty so bursts share one syscall.
-async fn write_loop<W: AsyncWrite + Unpin>(stdin: W, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, stdin);
-    while let Some(mut line) = rx.recv().await {
-        if line.is_empty() {
-            break;
-        }
-        line.push(b'\n');
-        if w.write_all(&line).await.is_err() {
-            return;
-        }
-        while let Ok(mut more) = rx.try_recv() {
-            if more.is_empty() {
-                let _ = w.shutdown().await;
-                return;
-            }
-            more.push(b'\n');
-            if w.write_all(&more).await.is_err() {
-                return;
-            }
-        }
-        if w.flush().await.is_err() {
-            return;
-        }
-    }
-    // Asked to close (or every sender is gone): flush and close stdin.
-    let _ = w.shutdown().await;
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical section
