@@ -13,6 +13,7 @@ pub mod config;
 pub mod gateway;
 pub mod jsonrpc;
 pub mod launcher;
+pub mod lines;
 pub mod supervisor;
 pub mod time;
 pub mod transport;

@@ -77,6 +77,10 @@ pub struct ServerConfig {
     pub log_lines: usize,
     /// Where this server was defined, for error messages.
     pub source: PathBuf,
+    /// Set when this version cannot run the server at all (a remote transport): starting it
+    /// fails with this reason, while the rest of the config runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 /// How to start a server: what the launcher resolved from `package`/`command`.
@@ -435,16 +439,25 @@ fn normalise_server(
             &format!("server id `{id}` contains the namespace separator `{sep}`"),
         ));
     }
-    if let Some(t) = &spec.transport
-        && t.kind != TransportKind::Stdio
-    {
-        return Err(invalid(
-            path,
-            text,
-            &format!("{key}.transport.type"),
-            "remote servers (`http`, `sse`) are not supported yet in this version; use `stdio`",
-        ));
-    }
+    // Remote servers are accepted so that a client's config file loads as a whole; each one
+    // fails at start with this reason until remote upstreams are implemented.
+    let unsupported = spec
+        .transport
+        .as_ref()
+        .filter(|t| t.kind != TransportKind::Stdio)
+        .map(|t| {
+            format!(
+                "remote servers (transport `{}`{}) are not supported by this version of Corral yet",
+                serde_json::to_value(t.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                t.url
+                    .as_deref()
+                    .map(|u| format!(", {u}"))
+                    .unwrap_or_default()
+            )
+        });
     if spec
         .permissions
         .as_ref()
@@ -466,14 +479,24 @@ fn normalise_server(
             SANDBOX_UNAVAILABLE,
         ));
     }
-    let launch = crate::launcher::resolve(&spec, path).map_err(|(field, message)| {
-        invalid(
-            path,
-            text,
-            &format!("{key}{}{field}", if field.is_empty() { "" } else { "." }),
-            &message,
-        )
-    })?;
+    let launch = if unsupported.is_some() {
+        Launch {
+            program: String::new(),
+            args: Vec::new(),
+            env: spec.env.clone(),
+            cwd: None,
+            package_manager: None,
+        }
+    } else {
+        crate::launcher::resolve(&spec, path).map_err(|(field, message)| {
+            invalid(
+                path,
+                text,
+                &format!("{key}{}{field}", if field.is_empty() { "" } else { "." }),
+                &message,
+            )
+        })?
+    };
     let health = spec.health_check.clone().unwrap_or_default();
     let interval = health.interval.unwrap_or(30_000);
     Ok(ServerConfig {
@@ -501,6 +524,7 @@ fn normalise_server(
         ),
         log_lines: spec.log_lines.unwrap_or(config.log_lines).max(1),
         source: path.to_path_buf(),
+        unsupported,
     })
 }
 

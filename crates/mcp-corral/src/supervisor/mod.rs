@@ -441,7 +441,10 @@ impl Supervisor {
     /// whose lists have never been seen, so their tools can be listed before first use.
     pub fn start_initial(self: &Arc<Self>) {
         for s in self.all() {
-            if !s.config.enabled {
+            if !s.config.enabled || s.config.unsupported.is_some() {
+                if let Some(reason) = &s.config.unsupported {
+                    tracing::warn!(server = %s.id(), "{reason}");
+                }
                 continue;
             }
             if s.config.auto_start {

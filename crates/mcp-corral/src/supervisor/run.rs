@@ -175,6 +175,9 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, LaunchError> {
     let cfg = &server.config;
+    if let Some(reason) = &cfg.unsupported {
+        return Err(LaunchError::Fatal(reason.clone()));
+    }
     let mut child = process::spawn(&cfg.launch).map_err(|e| match e {
         SpawnError::PackageManagerMissing { .. } | SpawnError::CommandMissing { .. } => {
             LaunchError::Fatal(e.to_string())
@@ -535,7 +538,7 @@ async fn health_loop(
     }
 }
 
-fn is_method_not_found(e: &RawValue) -> bool {
+fn is_method_not_found(e: &crate::jsonrpc::RawSlice) -> bool {
     serde_json::from_str::<Value>(e.get())
         .ok()
         .and_then(|v| v.get("code")?.as_i64())

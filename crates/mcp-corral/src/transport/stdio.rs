@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::gateway::Gateway;
+use crate::lines::LineWriter;
 
 /// Serves one client on stdin/stdout until stdin closes.
 ///
@@ -76,9 +77,7 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let out = Arc::new(Out(tokio::sync::Mutex::new(
-        tokio::io::BufWriter::with_capacity(64 * 1024, output),
-    )));
+    let out = Arc::new(LineWriter::new(output));
     // Notifications (progress, list_changed, log messages) arrive on a queue; replies are
     // written directly by the task that produced them.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
@@ -87,7 +86,7 @@ where
         let out = out.clone();
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                if out.write(&msg).await.is_err() {
+                if out.write(msg).await.is_err() {
                     return;
                 }
             }
@@ -109,14 +108,14 @@ where
             let (gw, session, out, msg) = (gw.clone(), session.clone(), out.clone(), msg.to_vec());
             inflight.spawn(async move {
                 if let Some(resp) = gw.handle(&session, &msg, None).await {
-                    let _ = out.write(&resp).await;
+                    let _ = out.write(resp).await;
                 }
             });
             // Reap finished tasks as we go so the set stays small.
             while inflight.try_join_next().is_some() {}
         } else if let Some(resp) = gw.handle(&session, msg, None).await {
             // Notifications (cancellation) are handled in order, before later requests.
-            let _ = out.write(&resp).await;
+            let _ = out.write(resp).await;
         }
     }
     gw.close_session(session.id);
@@ -125,18 +124,6 @@ where
     while inflight.join_next().await.is_some() {}
     notifier.abort();
     Ok(())
-}
-
-/// Corral's stdout, shared by every task that answers.
-struct Out<W>(tokio::sync::Mutex<tokio::io::BufWriter<W>>);
-
-impl<W: tokio::io::AsyncWrite + Unpin> Out<W> {
-    async fn write(&self, msg: &[u8]) -> std::io::Result<()> {
-        let mut w = self.0.lock().await;
-        w.write_all(msg).await?;
-        w.write_all(b"\n").await?;
-        w.flush().await
-    }
 }
 
 /// Cheap check for `"id"` so notifications stay in order and requests run concurrently; a

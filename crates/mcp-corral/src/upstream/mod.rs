@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::jsonrpc::{self, Envelope, Kind, Reply};
+use crate::jsonrpc::{self, Envelope, Kind, RawSlice, Reply};
+use crate::lines::LineWriter;
 
 /// Calls in flight to one server before new ones get a "busy" error.
 const MAX_PENDING: usize = 4096;
@@ -67,8 +68,6 @@ pub enum Params<'a> {
 
 pub type ParamMap = BTreeMap<String, Box<RawValue>>;
 
-type BoxWriter = tokio::io::BufWriter<Box<dyn AsyncWrite + Unpin + Send>>;
-
 /// Where a call's progress notifications go, and under which token the caller knows them.
 pub struct ProgressRoute {
     pub sink: Sink,
@@ -83,9 +82,9 @@ struct Pending {
 /// A live link to one server.
 pub struct Connection {
     server: Arc<str>,
-    /// The server's stdin. Callers write their own request under the lock (no writer task in
-    /// between: one task wake-up less per call); `None` once stdin is closed.
-    writer: tokio::sync::Mutex<Option<BoxWriter>>,
+    /// The server's stdin. Callers write their own requests (no writer task in between: one
+    /// task wake-up less per call), combined into one syscall under load.
+    writer: LineWriter<Box<dyn AsyncWrite + Unpin + Send>>,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending>>,
     closed: Mutex<Option<String>>,
@@ -115,10 +114,7 @@ impl Connection {
         let stdin: Box<dyn AsyncWrite + Unpin + Send> = Box::new(stdin);
         let conn = Arc::new(Connection {
             server: server.into(),
-            writer: tokio::sync::Mutex::new(Some(tokio::io::BufWriter::with_capacity(
-                64 * 1024,
-                stdin,
-            ))),
+            writer: LineWriter::new(stdin),
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
@@ -176,7 +172,7 @@ impl Connection {
             );
         }
         let line = jsonrpc::request_raw(&id.to_string(), method, params_text.as_deref());
-        if self.write_line(&line).await.is_err() {
+        if self.write_line(line).await.is_err() {
             lock(&self.pending).remove(&id);
             return Err(self.closed_error());
         }
@@ -196,28 +192,11 @@ impl Connection {
     /// Sends a notification to the server.
     pub async fn notify(&self, method: &str, params: Option<&str>) -> Result<(), CallError> {
         let line = jsonrpc::notification_raw(method, params);
-        self.write_line(&line)
-            .await
-            .map_err(|_| self.closed_error())
+        self.write_line(line).await.map_err(|_| self.closed_error())
     }
 
-    /// Writes one message and its newline, then flushes.
-    async fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut guard = self.writer.lock().await;
-        let Some(w) = guard.as_mut() else {
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        };
-        let result = async {
-            w.write_all(line).await?;
-            w.write_all(b"\n").await?;
-            w.flush().await
-        }
-        .await;
-        if result.is_err() {
-            // A broken pipe stays broken: drop the writer so later calls fail fast.
-            *guard = None;
-        }
-        result
+    async fn write_line(&self, line: Vec<u8>) -> std::io::Result<()> {
+        self.writer.write(line).await
     }
 
     /// Releases a pending call and tells the server (`notifications/cancelled`).
@@ -246,9 +225,7 @@ impl Connection {
     /// Closes the server's stdin once everything queued before has been written: the first,
     /// polite stop signal for a stdio server.
     pub async fn close_stdin(&self) {
-        if let Some(mut w) = self.writer.lock().await.take() {
-            let _ = w.shutdown().await;
-        }
+        self.writer.close().await;
     }
 
     pub fn in_flight(&self) -> usize {
@@ -281,38 +258,50 @@ impl Connection {
                     break;
                 }
             }
-            let text = trim_line(&line);
-            if text.is_empty() {
+            if trim_line(&line).is_empty() {
                 continue;
             }
-            self.dispatch(text, events.as_ref()).await;
+            // The line moves into the reply (no copy of large results); start a fresh buffer.
+            let taken = std::mem::replace(&mut line, Vec::with_capacity(4096));
+            self.dispatch(taken, events.as_ref()).await;
         }
     }
 
-    async fn dispatch(&self, text: &[u8], events: &dyn Events) {
+    async fn dispatch(&self, line: Vec<u8>, events: &dyn Events) {
+        let text = trim_line(&line);
         let Ok(env) = Envelope::parse(text) else {
             events.stray_output(&self.server, &String::from_utf8_lossy(text));
             return;
         };
         match env.kind() {
-            Kind::Response => self.on_response(&env),
+            Kind::Response => {
+                let Some(id) = env.id.and_then(|raw| raw.get().parse::<u64>().ok()) else {
+                    return;
+                };
+                let (is_error, range) = match (env.result, env.error) {
+                    (Some(r), _) => (false, RawSlice::range_in(&line, r)),
+                    (None, Some(e)) => (true, RawSlice::range_in(&line, e)),
+                    (None, None) => return,
+                };
+                drop(env);
+                if let Some(range) = range {
+                    self.on_response(id, is_error, RawSlice::new(line, range));
+                }
+            }
             Kind::Notification => self.on_notification(&env, events),
             Kind::Request => self.on_server_request(&env).await,
             Kind::Invalid => events.stray_output(&self.server, &String::from_utf8_lossy(text)),
         }
     }
 
-    fn on_response(&self, env: &Envelope<'_>) {
-        let Some(id) = env.id.and_then(|raw| raw.get().parse::<u64>().ok()) else {
-            return;
-        };
+    fn on_response(&self, id: u64, is_error: bool, body: RawSlice) {
         let Some(pending) = lock(&self.pending).remove(&id) else {
             return;
         };
-        let reply = match (env.result, env.error) {
-            (Some(r), _) => Reply::Result(r.to_owned()),
-            (None, Some(e)) => Reply::Error(e.to_owned()),
-            (None, None) => return,
+        let reply = if is_error {
+            Reply::Error(body)
+        } else {
+            Reply::Result(body)
         };
         let _ = pending.reply.send(Ok(reply));
     }
@@ -364,7 +353,7 @@ impl Connection {
                 &format!("Corral cannot forward `{}` to a client yet", env.method()),
             )
         };
-        let _ = self.write_line(&line).await;
+        let _ = self.write_line(line).await;
     }
 }
 
