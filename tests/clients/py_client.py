@@ -3,6 +3,7 @@
 
   py_client.py stdio CORRAL_BIN ARGS...   # the SDK launches Corral as a stdio server
   py_client.py http URL                   # Streamable HTTP
+  py_client.py sse URL                    # legacy HTTP+SSE (GET /sse, POST /messages)
 The scenario touches every aggregated server: list, call, read, prompt, complete.
 """
 import asyncio
@@ -11,6 +12,7 @@ import sys
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp import types
 
@@ -66,6 +68,10 @@ async def main():
         params = StdioServerParameters(command=sys.argv[3], args=sys.argv[4:])
         async with stdio_client(params) as (r, w):
             async with ClientSession(r, w) as s:
+                print(json.dumps(await scenario(s, workdir)))
+    elif mode == "sse":
+        async with sse_client(sys.argv[3]) as streams:
+            async with ClientSession(streams[0], streams[1]) as s:
                 print(json.dumps(await scenario(s, workdir)))
     else:
         async with streamable_http_client(sys.argv[3]) as streams:

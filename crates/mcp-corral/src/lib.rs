@@ -16,5 +16,6 @@ pub mod launcher;
 pub mod lines;
 pub mod supervisor;
 pub mod time;
+pub mod tls;
 pub mod transport;
 pub mod upstream;

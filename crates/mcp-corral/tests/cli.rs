@@ -127,6 +127,32 @@ async fn ls_status_tools_call_logs_and_stop_work_against_a_running_corral() {
         stderr(&out)
     );
 
+    // `logs -f` prints the backlog, then follows: a restart shows up live.
+    let mut follow = tokio::process::Command::new(BIN)
+        .args(["logs", "mb", "-f", "-n", "1"])
+        .env("CORRAL_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("[corral]"), "{first}");
+    let out = run(&["restart", "mb"]).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let live = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(live.contains("restart requested"), "{live}");
+    drop(follow);
+
     let out = run(&["stop", "mb"]).await.unwrap();
     assert_eq!(stdout(&out).trim(), "mb: stopped");
     let _ = u;

@@ -52,7 +52,7 @@ async fn sixty_four_concurrent_calls_from_four_http_clients_each_get_their_own_a
         let session = corral.http_session().await;
         let url = corral.url("/mcp");
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = common::http_client();
             let calls = (0..64).map(|i| {
                 let (http, url, session) = (http.clone(), url.clone(), session.clone());
                 async move {

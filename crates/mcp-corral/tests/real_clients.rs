@@ -214,3 +214,25 @@ async fn typescript_sdk_client_over_stdio() {
     );
     check(&out, "typescript");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sdk_client_over_legacy_http_sse() {
+    let dir = tempfile::tempdir().unwrap();
+    let corral = Corral::start(&real_servers_yaml(dir.path()), &[]).await;
+    std::fs::write(dir.path().join("corral.yaml"), "marker").unwrap();
+    let script = repo()
+        .join("tests/clients/py_client.py")
+        .display()
+        .to_string();
+    let out = run_client(
+        venv_bin("python").to_str().unwrap(),
+        &[
+            script,
+            "sse".into(),
+            dir.path().display().to_string(),
+            corral.url("/sse"),
+        ],
+    );
+    check(&out, "python");
+    corral.terminate().await;
+}

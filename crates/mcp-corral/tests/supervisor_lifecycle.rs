@@ -37,7 +37,7 @@ async fn crash_mid_call_fails_that_call_at_once_then_restarts() {
         let url = corral.url("/mcp");
         tokio::spawn(async move {
             let body = json!({"jsonrpc":"2.0","id":"slow","method":"tools/call","params":{"name":"mb__hang","arguments":{}}});
-            reqwest::Client::new()
+            common::http_client()
                 .post(url)
                 .json(&body)
                 .send()

@@ -147,6 +147,7 @@ enum ConfigCmd {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::tls::install_provider();
     init_tracing(cli.log_level.as_deref(), cli.log_format);
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,

@@ -77,10 +77,19 @@ pub struct ServerConfig {
     pub log_lines: usize,
     /// Where this server was defined, for error messages.
     pub source: PathBuf,
-    /// Set when this version cannot run the server at all (a remote transport): starting it
-    /// fails with this reason, while the rest of the config runs.
+    /// Set for servers reached over the network instead of started as a process.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub unsupported: Option<String>,
+    pub remote: Option<Remote>,
+}
+
+/// A remote server: Streamable HTTP (`http`) or legacy HTTP+SSE (`sse`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Remote {
+    pub kind: TransportKind,
+    pub url: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// How to start a server: what the launcher resolved from `package`/`command`.
@@ -439,25 +448,45 @@ fn normalise_server(
             &format!("server id `{id}` contains the namespace separator `{sep}`"),
         ));
     }
-    // Remote servers are accepted so that a client's config file loads as a whole; each one
-    // fails at start with this reason until remote upstreams are implemented.
-    let unsupported = spec
+    let remote = match spec
         .transport
         .as_ref()
         .filter(|t| t.kind != TransportKind::Stdio)
-        .map(|t| {
-            format!(
-                "remote servers (transport `{}`{}) are not supported by this version of Corral yet",
-                serde_json::to_value(t.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                t.url
-                    .as_deref()
-                    .map(|u| format!(", {u}"))
-                    .unwrap_or_default()
-            )
-        });
+    {
+        None => None,
+        Some(t) => {
+            let field = format!("{key}.transport.url");
+            let Some(url) = t.url.clone() else {
+                return Err(invalid(
+                    path,
+                    text,
+                    &field,
+                    "remote servers (`http`, `sse`) need a `url`",
+                ));
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    path,
+                    text,
+                    &field,
+                    &format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+            if spec.command.is_some() || spec.package.is_some() {
+                return Err(invalid(
+                    path,
+                    text,
+                    &format!("{key}.transport"),
+                    "a remote server has a `url`, not a `command` or `package`",
+                ));
+            }
+            Some(Remote {
+                kind: t.kind,
+                url,
+                headers: t.headers.clone(),
+            })
+        }
+    };
     if spec
         .permissions
         .as_ref()
@@ -479,7 +508,7 @@ fn normalise_server(
             SANDBOX_UNAVAILABLE,
         ));
     }
-    let launch = if unsupported.is_some() {
+    let launch = if remote.is_some() {
         Launch {
             program: String::new(),
             args: Vec::new(),
@@ -506,7 +535,8 @@ fn normalise_server(
         launch,
         enabled: spec.enabled.unwrap_or(true),
         auto_start: spec.auto_start.unwrap_or(false),
-        restart_on_failure: spec.restart_on_failure.unwrap_or(false),
+        // A remote server that drops the connection is reconnected unless told otherwise.
+        restart_on_failure: spec.restart_on_failure.unwrap_or(remote.is_some()),
         max_restarts: spec.max_restarts.unwrap_or(3),
         restart_delay: Duration::from_millis(spec.restart_delay.unwrap_or(1000)),
         health: HealthConfig {
@@ -524,7 +554,7 @@ fn normalise_server(
         ),
         log_lines: spec.log_lines.unwrap_or(config.log_lines).max(1),
         source: path.to_path_buf(),
-        unsupported,
+        remote,
     })
 }
 

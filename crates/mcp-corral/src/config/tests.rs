@@ -90,18 +90,16 @@ fn claude_desktop_file_is_accepted_and_its_other_settings_ignored() {
     "memory": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory"], "env": {"K": "${TOKEN}"}},
     "remote": {"url": "https://example.com/mcp"}
   }}"#;
-    // Remote entries load with the rest of the file and fail alone, at start, until remote
-    // upstreams are implemented.
+    // `url` entries become remote servers.
     let c = load_text("claude_desktop_config.json", text).unwrap();
-    let remote = c.server("remote").unwrap();
+    let remote = c.server("remote").unwrap().remote.clone().unwrap();
+    assert_eq!(remote.url, "https://example.com/mcp");
+    assert_eq!(remote.kind, model::TransportKind::Http);
     assert!(
-        remote
-            .unsupported
-            .as_deref()
-            .unwrap()
-            .contains("https://example.com/mcp")
+        c.server("remote").unwrap().restart_on_failure,
+        "remote servers reconnect by default"
     );
-    assert!(c.server("memory").unwrap().unsupported.is_none());
+    assert!(c.server("memory").unwrap().remote.is_none());
     let text = r#"{"mcpServers": {"memory": {"command": "npx", "args": ["-y", "pkg"], "env": {"K": "${TOKEN}"}}}}"#;
     let c = load_text("claude_desktop_config.json", text).unwrap();
     assert_eq!(c.servers[0].id, "memory");

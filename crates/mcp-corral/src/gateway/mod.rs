@@ -20,8 +20,10 @@ use serde_json::{Value, json};
 use crate::config::Namespace;
 use crate::config::model::NamespaceMode;
 use crate::jsonrpc::{self, Envelope, Kind, code};
-use crate::supervisor::{Notice, Supervisor};
-use crate::upstream::{CallError, Connection, ParamMap, Params, ProgressRoute, Sink, lock};
+use crate::supervisor::{Notice, RequestRouter, Supervisor};
+use crate::upstream::{
+    CallError, Connection, ParamMap, Params, ProgressRoute, ServerRequest, Sink, lock,
+};
 pub use catalog::Merged;
 
 /// Protocol revisions a client may negotiate with `initialize`, oldest first.
@@ -36,6 +38,10 @@ pub struct Session {
     /// Where notifications not tied to a call go (stdio: stdout; HTTP: the GET stream, if open).
     out: Mutex<Option<Sink>>,
     protocol: Mutex<Option<String>>,
+    /// What the client declared in `initialize` (sampling, elicitation, roots, …).
+    capabilities: Mutex<Value>,
+    /// When the client last sent a request (a global sequence number, higher is later).
+    last_active: AtomicU64,
 }
 
 impl Session {
@@ -47,6 +53,11 @@ impl Session {
         lock(&self.out).clone()
     }
 
+    /// The session's outbound queue, for transports that deliver answers on it.
+    pub fn out_sink(&self) -> Option<Sink> {
+        self.out()
+    }
+
     pub fn protocol(&self) -> Option<String> {
         lock(&self.protocol).clone()
     }
@@ -55,7 +66,18 @@ impl Session {
 /// A caller's request: (session id, the request id as the client wrote it).
 type CallKey = (u64, String);
 /// Where that request went: the connection and Corral's id on it.
-type UpstreamCall = (Arc<Connection>, u64);
+struct UpstreamCall {
+    conn: Arc<Connection>,
+    id: u64,
+    /// The call's own stream to the client (an HTTP POST answered with SSE), if any.
+    sink: Option<Sink>,
+}
+
+/// A server's request to a client, forwarded and waiting for the client's answer.
+struct ForwardedRequest {
+    request: ServerRequest,
+    session: u64,
+}
 
 pub struct Gateway {
     sup: Arc<Supervisor>,
@@ -66,6 +88,12 @@ pub struct Gateway {
     /// (session, caller's id) → the upstream call, so `notifications/cancelled` can find it.
     inflight: Mutex<HashMap<CallKey, UpstreamCall>>,
     api_session: std::sync::OnceLock<Arc<Session>>,
+    /// Corral's ids for forwarded server-to-client requests → the request.
+    forwarded: Mutex<HashMap<String, ForwardedRequest>>,
+    next_forwarded: AtomicU64,
+    activity: AtomicU64,
+    /// Servers that asked for roots, so client `roots/list_changed` reaches them.
+    roots_askers: Mutex<std::collections::HashSet<String>>,
     next_api_id: AtomicU64,
 }
 
@@ -79,8 +107,15 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             inflight: Mutex::new(HashMap::new()),
             api_session: std::sync::OnceLock::new(),
+            forwarded: Mutex::new(HashMap::new()),
+            next_forwarded: AtomicU64::new(1),
+            activity: AtomicU64::new(1),
+            roots_askers: Mutex::new(std::collections::HashSet::new()),
             next_api_id: AtomicU64::new(1),
         });
+        let router: std::sync::Weak<dyn RequestRouter> =
+            Arc::downgrade(&gw) as std::sync::Weak<Gateway>;
+        gw.sup.set_router(router);
         let mut notices = gw.sup.subscribe();
         let weak = Arc::downgrade(&gw);
         tokio::spawn(async move {
@@ -115,6 +150,8 @@ impl Gateway {
             id,
             out: Mutex::new(out),
             protocol: Mutex::new(None),
+            capabilities: Mutex::new(Value::Null),
+            last_active: AtomicU64::new(0),
         });
         lock(&self.sessions).insert(id, s.clone());
         s
@@ -134,8 +171,27 @@ impl Gateway {
                 .collect()
         };
         // The client is gone: nobody will read these answers, so let the servers stop working.
-        for (conn, uid) in calls {
-            tokio::spawn(async move { conn.cancel(uid, "client disconnected").await });
+        for call in calls {
+            tokio::spawn(async move { call.conn.cancel(call.id, "client disconnected").await });
+        }
+        let orphaned: Vec<ForwardedRequest> = {
+            let mut fwd = lock(&self.forwarded);
+            let keys: Vec<String> = fwd
+                .iter()
+                .filter(|(_, f)| f.session == id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter().filter_map(|k| fwd.remove(&k)).collect()
+        };
+        for f in orphaned {
+            tokio::spawn(async move {
+                f.request
+                    .fail(
+                        code::INTERNAL_ERROR,
+                        "the client that was asked disconnected",
+                    )
+                    .await
+            });
         }
     }
 
@@ -199,7 +255,10 @@ impl Gateway {
                 return None;
             }
             // Answers to server-to-client requests: none are forwarded yet, so none are expected.
-            Kind::Response => return None,
+            Kind::Response => {
+                self.on_client_response(&env).await;
+                return None;
+            }
             Kind::Invalid => {
                 return Some(jsonrpc::error(
                     env.id,
@@ -210,6 +269,10 @@ impl Gateway {
         }
         // Invariant: `Kind::Request` implies an id.
         let id = env.id?;
+        session.last_active.store(
+            self.activity.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         let params = env.params;
         match env.method() {
             "initialize" => Some(self.initialize(session, id, params)),
@@ -257,6 +320,10 @@ impl Gateway {
             _ => LATEST_VERSION.to_string(),
         };
         *lock(&session.protocol) = Some(version.clone());
+        *lock(&session.capabilities) = params
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .and_then(|p| p.get("capabilities").cloned())
+            .unwrap_or(Value::Null);
         let result = json!({
             "protocolVersion": version,
             "capabilities": {
@@ -273,6 +340,17 @@ impl Gateway {
     }
 
     async fn on_client_notification(&self, session: &Session, env: &Envelope<'_>) {
+        if env.method() == "notifications/roots/list_changed" {
+            let askers: Vec<String> = lock(&self.roots_askers).iter().cloned().collect();
+            for id in askers {
+                if let Ok(s) = self.sup.get(&id)
+                    && let Some(conn) = s.connection()
+                {
+                    let _ = conn.notify("notifications/roots/list_changed", None).await;
+                }
+            }
+            return;
+        }
         if env.method() != "notifications/cancelled" {
             return;
         }
@@ -285,9 +363,55 @@ impl Gateway {
         };
         let key = (session.id, request_id.get().to_string());
         let call = lock(&self.inflight).remove(&key);
-        if let Some((conn, uid)) = call {
-            conn.cancel(uid, "cancelled by the client").await;
+        if let Some(call) = call {
+            call.conn.cancel(call.id, "cancelled by the client").await;
         }
+    }
+
+    /// A client's answer to a request Corral forwarded from a server.
+    async fn on_client_response(&self, env: &Envelope<'_>) {
+        let Some(id) = env.id else { return };
+        let Some(fwd) = lock(&self.forwarded).remove(id.get()) else {
+            return;
+        };
+        match (env.result, env.error) {
+            (Some(r), _) => fwd.request.respond("result", r.get()).await,
+            (None, Some(e)) => fwd.request.respond("error", e.get()).await,
+            (None, None) => {}
+        }
+    }
+
+    /// Picks the client for a server's request: the session with the newest call in flight to
+    /// that server whose client declared the capability; failing that (an unsolicited request),
+    /// the most recently active session that declared it.
+    fn pick_client(
+        &self,
+        conn: &Arc<Connection>,
+        capability: &str,
+    ) -> Option<(Arc<Session>, Sink)> {
+        let sessions = lock(&self.sessions).clone();
+        let capable = |s: &Session| lock(&s.capabilities).get(capability).is_some();
+        let mut in_flight: Vec<(u64, u64, Option<Sink>)> = lock(&self.inflight)
+            .iter()
+            .filter(|(_, call)| Arc::ptr_eq(&call.conn, conn))
+            .map(|((session, _), call)| (call.id, *session, call.sink.clone()))
+            .collect();
+        in_flight.sort_by_key(|(uid, _, _)| std::cmp::Reverse(*uid));
+        for (_, sid, sink) in in_flight {
+            let Some(session) = sessions.get(&sid) else {
+                continue;
+            };
+            if !capable(session) {
+                continue;
+            }
+            if let Some(sink) = sink.or_else(|| session.out()) {
+                return Some((session.clone(), sink));
+            }
+        }
+        let mut idle: Vec<&Arc<Session>> = sessions.values().filter(|s| capable(s)).collect();
+        idle.sort_by_key(|s| std::cmp::Reverse(s.last_active.load(Ordering::Relaxed)));
+        idle.into_iter()
+            .find_map(|s| s.out().map(|sink| (s.clone(), sink)))
     }
 
     async fn call_named(
@@ -562,7 +686,14 @@ impl Gateway {
             Err(e) => return Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
         };
         let key = (session.id, id.get().to_string());
-        lock(&self.inflight).insert(key.clone(), (conn.clone(), handle.id));
+        lock(&self.inflight).insert(
+            key.clone(),
+            UpstreamCall {
+                conn: conn.clone(),
+                id: handle.id,
+                sink: call_sink.cloned(),
+            },
+        );
         let outcome = tokio::time::timeout(timeout, handle.reply).await;
         lock(&self.inflight).remove(&key);
         match outcome {
@@ -590,6 +721,57 @@ impl Gateway {
                     ),
                 ))
             }
+        }
+    }
+}
+
+impl RequestRouter for Gateway {
+    fn route(&self, server: &str, request: ServerRequest) {
+        let capability = match request.method.as_str() {
+            "sampling/createMessage" => "sampling",
+            "elicitation/create" => "elicitation",
+            "roots/list" => "roots",
+            other => {
+                let msg = format!("Method not found: {other}");
+                tokio::spawn(async move { request.fail(code::METHOD_NOT_FOUND, &msg).await });
+                return;
+            }
+        };
+        if capability == "roots" {
+            lock(&self.roots_askers).insert(server.to_string());
+        }
+        let Some((session, sink)) = self.pick_client(&request.conn, capability) else {
+            let msg = format!(
+                "no connected client supports `{}` (capability `{capability}`)",
+                request.method
+            );
+            tokio::spawn(async move { request.fail(code::METHOD_NOT_FOUND, &msg).await });
+            return;
+        };
+        let id = format!(
+            "\"corral-{}\"",
+            self.next_forwarded.fetch_add(1, Ordering::Relaxed)
+        );
+        let line = jsonrpc::request_raw(
+            &id,
+            &request.method,
+            request.params.as_deref().map(RawValue::get),
+        );
+        lock(&self.forwarded).insert(
+            id.clone(),
+            ForwardedRequest {
+                request,
+                session: session.id,
+            },
+        );
+        if sink.try_send(line).is_err()
+            && let Some(f) = lock(&self.forwarded).remove(&id)
+        {
+            tokio::spawn(async move {
+                f.request
+                    .fail(code::INTERNAL_ERROR, "the client's queue is full or closed")
+                    .await
+            });
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::catalog::{Lists, Store};
 use crate::config::ServerConfig;
-use crate::upstream::{Connection, lock};
+use crate::upstream::{Connection, ServerRequest, lock};
 use logs::LogRing;
 use process::ExitInfo;
 
@@ -258,8 +258,14 @@ impl Server {
     }
 }
 
+/// Where server-to-client requests go: the gateway, which knows the clients.
+pub trait RequestRouter: Send + Sync {
+    fn route(&self, server: &str, request: ServerRequest);
+}
+
 struct Shared {
     notices: broadcast::Sender<Notice>,
+    router: RwLock<Option<std::sync::Weak<dyn RequestRouter>>>,
     store: Option<Store>,
     stored: Mutex<std::collections::HashMap<String, Lists>>,
 }
@@ -290,12 +296,22 @@ impl Supervisor {
             servers: RwLock::new(BTreeMap::new()),
             shared: Arc::new(Shared {
                 notices,
+                router: RwLock::new(None),
                 store,
                 stored: Mutex::new(stored.unwrap_or_default()),
             }),
             discovery: Arc::new(Semaphore::new(4)),
             discovering: watch::Sender::new(0),
         })
+    }
+
+    /// Sets who answers servers' requests to clients (sampling, elicitation, roots).
+    pub fn set_router(&self, router: std::sync::Weak<dyn RequestRouter>) {
+        *self
+            .shared
+            .router
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(router);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
@@ -441,14 +457,22 @@ impl Supervisor {
     /// whose lists have never been seen, so their tools can be listed before first use.
     pub fn start_initial(self: &Arc<Self>) {
         for s in self.all() {
-            if !s.config.enabled || s.config.unsupported.is_some() {
-                if let Some(reason) = &s.config.unsupported {
-                    tracing::warn!(server = %s.id(), "{reason}");
-                }
+            if !s.config.enabled {
                 continue;
             }
             if s.config.auto_start {
+                let mut rx = s.state.subscribe();
                 let _ = s.control.send(Control::Start);
+                if !s.lists().known {
+                    // Its first lists are on the way: list requests wait for them too.
+                    self.discovering.send_modify(|n| *n += 1);
+                    let done = DiscoveryDone(self.discovering.clone());
+                    let s = s.clone();
+                    tokio::spawn(async move {
+                        let _done = done;
+                        let _ = wait_up(&s, &mut rx, START_TIMEOUT).await;
+                    });
+                }
             } else if !s.lists().known {
                 let sup = self.clone();
                 self.discovering.send_modify(|n| *n += 1);

@@ -13,8 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::process::{self, ExitInfo, SpawnError};
 use super::{Control, Notice, Server, Shared, State};
 use crate::catalog::Lists;
+use crate::config::model::TransportKind;
 use crate::jsonrpc::{Reply, code};
-use crate::upstream::{Connection, Events, lock};
+use crate::upstream::remote::{self, Flavor};
+use crate::upstream::{Connection, Events, ServerRequest, lock};
 
 /// The protocol revision Corral asks upstream servers for; they answer with the one they speak.
 pub const UPSTREAM_PROTOCOL: &str = "2025-11-25";
@@ -45,9 +47,64 @@ enum LaunchError {
     },
 }
 
+/// What carries a server: a local process tree, or a bridge to a remote server.
+enum Proc {
+    Local {
+        child: Child,
+        pgid: i32,
+    },
+    Remote {
+        task: tokio::task::JoinHandle<String>,
+    },
+}
+
+impl Proc {
+    /// Resolves when the process exits or the remote connection ends for good.
+    async fn ended(&mut self) -> (String, Option<ExitInfo>) {
+        match self {
+            Proc::Local { child, .. } => {
+                let exit = child.wait().await.ok().map(ExitInfo::from_status);
+                (
+                    exit.as_ref()
+                        .map_or_else(|| "exited".to_string(), ExitInfo::describe),
+                    exit,
+                )
+            }
+            Proc::Remote { task } => {
+                let why = task.await.unwrap_or_else(|e| e.to_string());
+                (format!("disconnected ({why})"), None)
+            }
+        }
+    }
+
+    /// Stops politely (stdin closed / session deleted), then by force after `grace`.
+    async fn stop(&mut self, conn: &Connection, grace: Duration) -> ExitInfo {
+        conn.close_stdin().await;
+        match self {
+            Proc::Local { child, pgid } => process::stop(child, *pgid, grace).await,
+            Proc::Remote { task } => {
+                if tokio::time::timeout(grace, &mut *task).await.is_err() {
+                    task.abort();
+                }
+                ExitInfo {
+                    code: None,
+                    signal: None,
+                    at: crate::time::now(),
+                }
+            }
+        }
+    }
+
+    /// Ends what is left of a local process group after its leader exited.
+    async fn reap(&self, grace: Duration) {
+        if let Proc::Local { pgid, .. } = self {
+            process::reap_group(*pgid, grace).await;
+        }
+    }
+}
+
 struct Running {
-    child: Child,
-    pgid: i32,
+    proc: Proc,
     conn: Arc<Connection>,
     eof: oneshot::Receiver<()>,
     since: Instant,
@@ -175,55 +232,84 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, LaunchError> {
     let cfg = &server.config;
-    if let Some(reason) = &cfg.unsupported {
-        return Err(LaunchError::Fatal(reason.clone()));
-    }
-    let mut child = process::spawn(&cfg.launch).map_err(|e| match e {
-        SpawnError::PackageManagerMissing { .. } | SpawnError::CommandMissing { .. } => {
-            LaunchError::Fatal(e.to_string())
-        }
-        SpawnError::Io { .. } => LaunchError::Fatal(e.to_string()),
-    })?;
-    let pid = child.id().unwrap_or(0);
-    let pgid = pid as i32;
-    {
-        let mut live = lock(&server.live);
-        live.pid = Some(pid);
-        live.started = Some(Instant::now());
-    }
-    let (Some(stdout), Some(stdin), Some(stderr)) =
-        (child.stdout.take(), child.stdin.take(), child.stderr.take())
-    else {
-        // Invariant: `process::spawn` pipes all three streams.
-        return Err(LaunchError::Fatal("spawned without pipes".into()));
-    };
-    let log_target = Arc::downgrade(server);
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            match log_target.upgrade() {
-                Some(s) => s.logs.push("stderr", &line),
-                None => return,
-            }
-        }
-    });
     let (eof_tx, eof_rx) = oneshot::channel();
     let events: Arc<dyn Events> = Arc::new(ConnEvents {
         server: Arc::downgrade(server),
         shared: shared.clone(),
     });
-    let conn = Connection::spawn(&cfg.id, stdout, stdin, events, eof_tx);
+    let (mut proc, conn) = match &cfg.remote {
+        Some(remote) => {
+            let flavor = match remote.kind {
+                TransportKind::Sse => Flavor::LegacySse,
+                _ => Flavor::StreamableHttp,
+            };
+            let bridge = remote::connect(
+                flavor,
+                remote.url.clone(),
+                remote.headers.clone(),
+                remote::http_client(),
+            );
+            {
+                let mut live = lock(&server.live);
+                live.pid = None;
+                live.started = Some(Instant::now());
+            }
+            let conn = Connection::spawn(
+                &cfg.id,
+                bridge.from_server,
+                bridge.to_server,
+                events,
+                eof_tx,
+            );
+            (Proc::Remote { task: bridge.task }, conn)
+        }
+        None => {
+            let mut child = process::spawn(&cfg.launch).map_err(|e| match e {
+                SpawnError::PackageManagerMissing { .. }
+                | SpawnError::CommandMissing { .. }
+                | SpawnError::Io { .. } => LaunchError::Fatal(e.to_string()),
+            })?;
+            let pid = child.id().unwrap_or(0);
+            {
+                let mut live = lock(&server.live);
+                live.pid = Some(pid);
+                live.started = Some(Instant::now());
+            }
+            let (Some(stdout), Some(stdin), Some(stderr)) =
+                (child.stdout.take(), child.stdin.take(), child.stderr.take())
+            else {
+                // Invariant: `process::spawn` pipes all three streams.
+                return Err(LaunchError::Fatal("spawned without pipes".into()));
+            };
+            let log_target = Arc::downgrade(server);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match log_target.upgrade() {
+                        Some(s) => s.logs.push("stderr", &line),
+                        None => return,
+                    }
+                }
+            });
+            let conn = Connection::spawn(&cfg.id, stdout, stdin, events, eof_tx);
+            (
+                Proc::Local {
+                    child,
+                    pgid: pid as i32,
+                },
+                conn,
+            )
+        }
+    };
 
     let handshake = tokio::select! {
         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&conn)) => match r {
             Ok(r) => r,
             Err(_) => Err(format!("did not answer `initialize` within {} s", HANDSHAKE_TIMEOUT.as_secs())),
         },
-        status = child.wait() => {
-            let exit = status.ok().map(ExitInfo::from_status);
-            let what = exit.as_ref().map_or_else(|| "exited".to_string(), ExitInfo::describe);
+        (what, exit) = proc.ended() => {
             conn.close(&format!("{what} during startup"));
-            process::reap_group(pgid, cfg.stop_grace).await;
+            proc.reap(cfg.stop_grace).await;
             return Err(LaunchError::Crash { reason: format!("{what} during startup{}", last_stderr(server)), exit });
         }
     };
@@ -231,8 +317,7 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
         Ok(init) => init,
         Err(reason) => {
             conn.close(&reason);
-            conn.close_stdin().await;
-            let exit = process::stop(&mut child, pgid, cfg.stop_grace).await;
+            let exit = proc.stop(&conn, cfg.stop_grace).await;
             return Err(LaunchError::Crash {
                 reason: format!("{reason}{}", last_stderr(server)),
                 exit: Some(exit),
@@ -252,8 +337,7 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
     refresh_lists(server, shared, &conn, ListKind::ALL).await;
     lock(&server.live).connection = Some(conn.clone());
     Ok(Running {
-        child,
-        pgid,
+        proc,
         conn,
         eof: eof_rx,
         since: Instant::now(),
@@ -285,7 +369,13 @@ fn last_stderr(server: &Server) -> String {
 async fn handshake(conn: &Connection) -> Result<Value, String> {
     let params = json!({
         "protocolVersion": UPSTREAM_PROTOCOL,
-        "capabilities": {},
+        // What Corral can forward to its clients; some servers offer tools only to clients
+        // that declare these (server-everything's sampling and elicitation tools).
+        "capabilities": {
+            "sampling": {},
+            "elicitation": { "form": {}, "url": {} },
+            "roots": { "listChanged": true },
+        },
         "clientInfo": { "name": "corral", "version": env!("CARGO_PKG_VERSION") },
     })
     .to_string();
@@ -420,16 +510,12 @@ async fn supervise(
     let mut failures = 0u32;
     loop {
         tokio::select! {
-            status = run.child.wait() => {
-                let exit = status.ok().map(ExitInfo::from_status);
-                let reason = exit.as_ref().map_or_else(|| "exited".to_string(), ExitInfo::describe);
+            (reason, exit) = run.proc.ended() => {
                 return crashed(server, run, reason, exit).await;
             }
             _ = &mut run.eof => {
                 // Closing stdout usually means the process is exiting: give it a moment.
-                if let Ok(status) = tokio::time::timeout(Duration::from_secs(1), run.child.wait()).await {
-                    let exit = status.ok().map(ExitInfo::from_status);
-                    let reason = exit.as_ref().map_or_else(|| "exited".to_string(), ExitInfo::describe);
+                if let Ok((reason, exit)) = tokio::time::timeout(Duration::from_secs(1), run.proc.ended()).await {
                     return crashed(server, run, reason, exit).await;
                 }
                 let exit = graceful_stop(server, &mut run, "closed its stdout").await;
@@ -490,7 +576,7 @@ async fn crashed(server: &Server, run: Running, reason: String, exit: Option<Exi
             live.restarts = 0;
         }
     }
-    process::reap_group(run.pgid, server.config.stop_grace).await;
+    run.proc.reap(server.config.stop_grace).await;
     Outcome::Failed { reason, exit }
 }
 
@@ -501,8 +587,7 @@ async fn graceful_stop(server: &Server, run: &mut Running, why: &str) -> ExitInf
         live.health_latency = None;
     }
     run.conn.close(why);
-    run.conn.close_stdin().await;
-    let exit = process::stop(&mut run.child, run.pgid, server.config.stop_grace).await;
+    let exit = run.proc.stop(&run.conn, server.config.stop_grace).await;
     lock(&server.live).last_exit = Some(exit.clone());
     exit
 }
@@ -592,6 +677,33 @@ impl Events for ConnEvents {
             method: method.to_string(),
             params: params.map(|p| p.to_owned()),
         });
+    }
+
+    fn server_request(&self, request: ServerRequest) {
+        let router = self
+            .shared
+            .router
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|w| w.upgrade());
+        let server = request.conn.server().to_string();
+        match router {
+            Some(r) => r.route(&server, request),
+            None => {
+                tokio::spawn(async move {
+                    request
+                        .fail(
+                            code::METHOD_NOT_FOUND,
+                            &format!(
+                                "no client is connected to Corral to answer `{}`",
+                                request.method
+                            ),
+                        )
+                        .await;
+                });
+            }
+        }
     }
 
     fn stray_output(&self, _server: &str, line: &str) {

@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures::StreamExt;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -101,6 +101,8 @@ pub struct HttpState {
     pub gw: Arc<Gateway>,
     pub guard: Guard,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Legacy HTTP+SSE sessions, by the `sessionId` query parameter.
+    legacy: Mutex<HashMap<String, Arc<Session>>>,
     stateless: Arc<Session>,
 }
 
@@ -111,6 +113,7 @@ impl HttpState {
             gw,
             guard,
             sessions: Mutex::new(HashMap::new()),
+            legacy: Mutex::new(HashMap::new()),
             stateless,
         })
     }
@@ -121,6 +124,8 @@ pub fn router(state: Arc<HttpState>, extra: Router<Arc<HttpState>>) -> Router {
     let max = state.guard.max_body_bytes;
     Router::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
+        .route("/sse", get(get_legacy_sse))
+        .route("/messages", post(post_legacy_message))
         .merge(extra)
         .layer(DefaultBodyLimit::max(max))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -442,4 +447,77 @@ mod tests {
         assert!(!g.origin_allowed("http://evil.example"));
         assert!(!g.origin_allowed("null"));
     }
+}
+
+/// Legacy HTTP+SSE transport (protocol 2024-11-05): `GET /sse` opens the session's event
+/// stream, whose first event names the endpoint for `POST /messages?sessionId=…`. Every
+/// answer travels on the event stream; POSTs get `202 Accepted`.
+async fn get_legacy_sse(State(st): State<Arc<HttpState>>) -> Response {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(1024);
+    let sid = new_session_id();
+    let session = st.gw.open_session(Some(tx));
+    lock(&st.legacy).insert(sid.clone(), session.clone());
+    let endpoint = format!("event: endpoint\ndata: /messages?sessionId={sid}\n\n");
+    // Ends the session when the client drops the stream.
+    let guard = LegacyGuard {
+        st: st.clone(),
+        sid,
+        session: session.id,
+    };
+    let events = ReceiverStream::new(rx).map(move |msg| {
+        let _keep = &guard;
+        let mut frame = Vec::with_capacity(msg.len() + 24);
+        frame.extend_from_slice(b"event: message\ndata: ");
+        frame.extend_from_slice(&msg);
+        frame.extend_from_slice(b"\n\n");
+        Ok::<_, std::convert::Infallible>(Bytes::from(frame))
+    });
+    let stream = futures::stream::once(async move { Ok(Bytes::from(endpoint)) }).chain(events);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+struct LegacyGuard {
+    st: Arc<HttpState>,
+    sid: String,
+    session: u64,
+}
+
+impl Drop for LegacyGuard {
+    fn drop(&mut self) {
+        lock(&self.st.legacy).remove(&self.sid);
+        self.st.gw.close_session(self.session);
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LegacyQuery {
+    session_id: String,
+}
+
+async fn post_legacy_message(
+    State(st): State<Arc<HttpState>>,
+    axum::extract::Query(q): axum::extract::Query<LegacyQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(session) = lock(&st.legacy).get(&q.session_id).cloned() else {
+        return crate::api::error(
+            StatusCode::NOT_FOUND,
+            "unknown sessionId: open GET /sse first",
+        );
+    };
+    let Some(out) = session.out_sink() else {
+        return crate::api::error(StatusCode::GONE, "the session's event stream is closed");
+    };
+    let gw = st.gw.clone();
+    tokio::spawn(async move {
+        if let Some(resp) = gw.handle(&session, &body, None).await {
+            let _ = out.send(resp).await;
+        }
+    });
+    StatusCode::ACCEPTED.into_response()
 }

@@ -9,6 +9,8 @@
 //! Seams: the supervisor creates connections over a child's pipes and closes them with the exit
 //! status; the gateway calls [`Connection::start_call`] and [`Connection::cancel`].
 
+pub mod remote;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,35 @@ pub trait Events: Send + Sync + 'static {
     fn notification(&self, server: &str, method: &str, params: Option<&RawValue>);
     /// A line on stdout that is not JSON-RPC: kept in the server's log.
     fn stray_output(&self, server: &str, line: &str);
+    /// A request from the server to a client (`sampling/createMessage`, `elicitation/create`,
+    /// `roots/list`, …). The receiver must answer it through [`ServerRequest::respond`].
+    fn server_request(&self, request: ServerRequest);
+}
+
+/// A request a server sent to its client, waiting for an answer.
+pub struct ServerRequest {
+    pub conn: Arc<Connection>,
+    /// The server's own id for the request, echoed back in the answer.
+    pub id: Box<RawValue>,
+    pub method: String,
+    pub params: Option<Box<RawValue>>,
+}
+
+impl ServerRequest {
+    /// Answers the server: `field` is `result` or `error`, `raw` its JSON.
+    pub async fn respond(&self, field: &str, raw: &str) {
+        let _ = self
+            .conn
+            .write_line(jsonrpc::response_raw(&self.id, field, raw))
+            .await;
+    }
+
+    pub async fn fail(&self, code: i64, message: &str) {
+        let _ = self
+            .conn
+            .write_line(jsonrpc::error(Some(&self.id), code, message))
+            .await;
+    }
 }
 
 /// Why a call did not get a reply from the server.
@@ -242,7 +273,11 @@ impl Connection {
         }
     }
 
-    async fn read_loop<R: tokio::io::AsyncRead + Unpin>(&self, stdout: R, events: Arc<dyn Events>) {
+    async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+        self: Arc<Self>,
+        stdout: R,
+        events: Arc<dyn Events>,
+    ) {
         let mut reader = BufReader::with_capacity(64 * 1024, stdout);
         let mut line = Vec::with_capacity(4096);
         loop {
@@ -267,7 +302,7 @@ impl Connection {
         }
     }
 
-    async fn dispatch(&self, line: Vec<u8>, events: &dyn Events) {
+    async fn dispatch(self: &Arc<Self>, line: Vec<u8>, events: &dyn Events) {
         let text = trim_line(&line);
         let Ok(env) = Envelope::parse(text) else {
             events.stray_output(&self.server, &String::from_utf8_lossy(text));
@@ -289,7 +324,7 @@ impl Connection {
                 }
             }
             Kind::Notification => self.on_notification(&env, events),
-            Kind::Request => self.on_server_request(&env).await,
+            Kind::Request => self.on_server_request(&env, events).await,
             Kind::Invalid => events.stray_output(&self.server, &String::from_utf8_lossy(text)),
         }
     }
@@ -340,20 +375,22 @@ impl Connection {
         let _ = sink.try_send(line);
     }
 
-    /// Server-to-client requests: `ping` is answered here; forwarding sampling, elicitation
-    /// and roots to clients is not implemented yet, so the server gets a clear error at once.
-    async fn on_server_request(&self, env: &Envelope<'_>) {
+    /// Server-to-client requests: `ping` is answered here; everything else goes to [`Events`],
+    /// which forwards it to a client or answers with an error.
+    async fn on_server_request(self: &Arc<Self>, env: &Envelope<'_>, events: &dyn Events) {
         let Some(id) = env.id else { return };
-        let line = if env.method() == "ping" {
-            jsonrpc::response_raw(id, "result", "{}")
-        } else {
-            jsonrpc::error(
-                Some(id),
-                jsonrpc::code::METHOD_NOT_FOUND,
-                &format!("Corral cannot forward `{}` to a client yet", env.method()),
-            )
-        };
-        let _ = self.write_line(line).await;
+        if env.method() == "ping" {
+            let _ = self
+                .write_line(jsonrpc::response_raw(id, "result", "{}"))
+                .await;
+            return;
+        }
+        events.server_request(ServerRequest {
+            conn: self.clone(),
+            id: id.to_owned(),
+            method: env.method().to_string(),
+            params: env.params.map(RawValue::to_owned),
+        });
     }
 }
 

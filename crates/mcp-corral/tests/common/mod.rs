@@ -80,6 +80,12 @@ pub fn real_servers_yaml(workdir: &Path) -> String {
     )
 }
 
+/// An HTTP client for tests (Corral's TLS provider installed first, as the binary does).
+pub fn http_client() -> reqwest::Client {
+    corral::tls::install_provider();
+    reqwest::Client::new()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -132,7 +138,7 @@ impl Corral {
             child,
             port,
             dir,
-            http: reqwest::Client::new(),
+            http: http_client(),
         };
         for _ in 0..500 {
             if c.http

@@ -1,0 +1,107 @@
+//! Server-to-client requests (sampling, elicitation, roots) from a real server
+//! (server-everything) reach the official Python SDK client through Corral, over both fronts,
+//! and the answers find their way back. Without a capable client, the server gets an error at once.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn everything_yaml() -> String {
+    format!(
+        "servers:\n  everything:\n    command: node\n    args: [\"{}/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\n",
+        node_modules().display()
+    )
+}
+
+fn check(out: &Value) {
+    assert!(
+        out["sampling"][0]
+            .as_str()
+            .unwrap()
+            .contains("sampled by python"),
+        "{out}"
+    );
+    assert!(
+        out["seen"]["sampling"]
+            .as_str()
+            .unwrap()
+            .contains("hello sampler"),
+        "{out}"
+    );
+    assert!(out["elicitation"].to_string().contains("Ada"), "{out}");
+    assert!(out["seen"]["elicitation"].as_str().is_some(), "{out}");
+    assert!(
+        out["roots"].to_string().contains("file:///srv/project"),
+        "{out}"
+    );
+}
+
+fn run_python(args: &[String]) -> Value {
+    let script = repo().join("tests/clients/py_server_requests.py");
+    let out = std::process::Command::new(venv_bin("python"))
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_elicitation_and_roots_round_trip_over_http() {
+    let corral = Corral::start(&everything_yaml(), &[]).await;
+    let out = run_python(&["http".into(), corral.url("/mcp")]);
+    check(&out);
+    corral.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_elicitation_and_roots_round_trip_over_stdio() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("corral.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}stateDir: {}/state\n",
+            everything_yaml(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = run_python(&[
+        "stdio".into(),
+        BIN.into(),
+        "serve".into(),
+        "--stdio".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ]);
+    check(&out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_capable_client_the_server_gets_an_error_at_once() {
+    // A raw client that declares no capabilities: the sampling request cannot be forwarded.
+    let mut peer = StdioPeer::corral(&everything_yaml()).await;
+    peer.initialize().await;
+    let started = std::time::Instant::now();
+    let v = peer
+        .request(
+            json!(1),
+            "tools/call",
+            json!({"name": "everything__trigger-sampling-request", "arguments": {"prompt": "x"}}),
+        )
+        .await;
+    let text = v.to_string();
+    assert!(
+        text.contains("no connected client supports `sampling/createMessage`"),
+        "{v}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
