@@ -94,6 +94,8 @@ pub struct Gateway {
     activity: AtomicU64,
     /// Servers that asked for roots, so client `roots/list_changed` reaches them.
     roots_askers: Mutex<std::collections::HashSet<String>>,
+    /// (server, uri) → the sessions subscribed to it.
+    subscriptions: Mutex<HashMap<(String, String), std::collections::HashSet<u64>>>,
     next_api_id: AtomicU64,
 }
 
@@ -111,6 +113,7 @@ impl Gateway {
             next_forwarded: AtomicU64::new(1),
             activity: AtomicU64::new(1),
             roots_askers: Mutex::new(std::collections::HashSet::new()),
+            subscriptions: Mutex::new(HashMap::new()),
             next_api_id: AtomicU64::new(1),
         });
         let router: std::sync::Weak<dyn RequestRouter> =
@@ -174,6 +177,30 @@ impl Gateway {
         for call in calls {
             tokio::spawn(async move { call.conn.cancel(call.id, "client disconnected").await });
         }
+        let emptied: Vec<(String, String)> = {
+            let mut subs = lock(&self.subscriptions);
+            for set in subs.values_mut() {
+                set.remove(&id);
+            }
+            let empty: Vec<_> = subs
+                .iter()
+                .filter(|(_, s)| s.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &empty {
+                subs.remove(k);
+            }
+            empty
+        };
+        for (server, uri) in emptied {
+            if let Ok(conn) = self.sup.get(&server).map(|s| s.connection()) {
+                let Some(conn) = conn else { continue };
+                let params = json!({ "uri": uri }).to_string();
+                tokio::spawn(async move {
+                    let _ = conn.request("resources/unsubscribe", Some(&params)).await;
+                });
+            }
+        }
         let orphaned: Vec<ForwardedRequest> = {
             let mut fwd = lock(&self.forwarded);
             let keys: Vec<String> = fwd
@@ -206,6 +233,13 @@ impl Gateway {
                 for method in fresh.changed_since(&old) {
                     self.broadcast(&jsonrpc::notification_raw(method, None));
                 }
+            }
+            Some(Notice::Notification {
+                server,
+                method,
+                params,
+            }) if method == "notifications/resources/updated" => {
+                self.resource_updated(&server, params.as_deref());
             }
             Some(Notice::Notification { method, params, .. }) => {
                 self.broadcast(&jsonrpc::notification_raw(
@@ -532,8 +566,78 @@ impl Gateway {
                 &format!("Resource not found: {uri}"),
             ));
         };
-        self.forward(session, id, &server, method, map, call_sink)
-            .await
+        // One upstream subscription per (server, uri), shared by every subscribed client.
+        let key = (server.clone(), uri.clone());
+        match method {
+            "resources/subscribe" => {
+                let first = {
+                    let mut subs = lock(&self.subscriptions);
+                    let set = subs.entry(key.clone()).or_default();
+                    let first = set.is_empty();
+                    set.insert(session.id);
+                    first
+                };
+                if !first {
+                    return Some(jsonrpc::response_raw(id, "result", "{}"));
+                }
+                let resp = self
+                    .forward(session, id, &server, method, map, call_sink)
+                    .await;
+                if resp
+                    .as_ref()
+                    .is_none_or(|r| r.windows(8).any(|w| w == b"\"error\":"))
+                {
+                    // The server refused: nobody is subscribed after all.
+                    lock(&self.subscriptions).remove(&key);
+                }
+                resp
+            }
+            "resources/unsubscribe" => {
+                let last = {
+                    let mut subs = lock(&self.subscriptions);
+                    let Some(set) = subs.get_mut(&key) else {
+                        return Some(jsonrpc::response_raw(id, "result", "{}"));
+                    };
+                    set.remove(&session.id);
+                    let last = set.is_empty();
+                    if last {
+                        subs.remove(&key);
+                    }
+                    last
+                };
+                if !last {
+                    return Some(jsonrpc::response_raw(id, "result", "{}"));
+                }
+                self.forward(session, id, &server, method, map, call_sink)
+                    .await
+            }
+            _ => {
+                self.forward(session, id, &server, method, map, call_sink)
+                    .await
+            }
+        }
+    }
+
+    /// `notifications/resources/updated` goes only to the clients subscribed to that resource.
+    fn resource_updated(&self, server: &str, params: Option<&RawValue>) {
+        let Some(uri) = params
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .and_then(|p| p.get("uri")?.as_str().map(str::to_string))
+        else {
+            return;
+        };
+        let targets: Vec<u64> = lock(&self.subscriptions)
+            .get(&(server.to_string(), uri))
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let line =
+            jsonrpc::notification_raw("notifications/resources/updated", params.map(RawValue::get));
+        let sessions = lock(&self.sessions);
+        for sid in targets {
+            if let Some(sink) = sessions.get(&sid).and_then(|s| s.out()) {
+                let _ = sink.try_send(line.clone());
+            }
+        }
     }
 
     async fn complete(

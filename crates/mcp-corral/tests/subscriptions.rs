@@ -1,0 +1,82 @@
+//! Resource subscriptions: `notifications/resources/updated` from a real server
+//! (server-everything) reaches only the client that subscribed to that resource.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resource_updates_reach_only_subscribers() {
+    let cfg = format!(
+        "servers:\n  everything:\n    command: node\n    args: [\"{}/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\n    autoStart: true\n",
+        node_modules().display()
+    );
+    let corral = Corral::start(&cfg, &[]).await;
+    corral
+        .wait_status("everything", 20, |s| s["state"] == "running")
+        .await;
+    let (alice, bob) = (corral.http_session().await, corral.http_session().await);
+    let stream = |sid: String| {
+        let http = corral.http.clone();
+        let url = corral.url("/mcp");
+        async move {
+            let r = http
+                .get(url)
+                .header("accept", "text/event-stream")
+                .header("mcp-session-id", sid)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes_stream()
+        }
+    };
+    let mut alice_events = stream(alice.clone()).await;
+    let mut bob_events = stream(bob.clone()).await;
+    let uri = "demo://resource/static/document/features.md";
+    let v = corral
+        .rpc(Some(&alice), "resources/subscribe", json!({"uri": uri}))
+        .await;
+    assert!(v.get("result").is_some(), "{v}");
+    let v = corral
+        .rpc(
+            Some(&alice),
+            "tools/call",
+            json!({"name": "everything__toggle-subscriber-updates", "arguments": {}}),
+        )
+        .await;
+    assert!(v.get("result").is_some(), "{v}");
+
+    // The server sends updates every 5 s.
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains("notifications/resources/updated") {
+        let chunk = tokio::time::timeout_at(deadline, alice_events.next())
+            .await
+            .expect("an update within 15 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(uri), "{seen}");
+    // Bob subscribed to nothing: whatever reached his stream by now, no update is among it.
+    let mut bob_seen = String::new();
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(Duration::from_millis(300), bob_events.next()).await
+    {
+        bob_seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !bob_seen.contains("notifications/resources/updated"),
+        "{bob_seen}"
+    );
+    let v = corral
+        .rpc(Some(&alice), "resources/unsubscribe", json!({"uri": uri}))
+        .await;
+    assert!(v.get("result").is_some(), "{v}");
+    corral.terminate().await;
+}
