@@ -9,6 +9,7 @@
 //! stopped servers on demand) and subscribes to its [`Notice`]s to keep the catalog current.
 
 mod catalog;
+mod stateless;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,10 @@ use crate::upstream::{
     CallError, Connection, ParamMap, Params, ProgressRoute, ServerRequest, Sink, lock,
 };
 pub use catalog::Merged;
+pub use stateless::{
+    HEADER_MISMATCH, STATELESS_VERSION, UNSUPPORTED_PROTOCOL_VERSION, all_versions, check_headers,
+    request_version,
+};
 
 /// Protocol revisions a client may negotiate with `initialize`, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -38,6 +43,9 @@ pub struct Session {
     /// Where notifications not tied to a call go (stdio: stdout; HTTP: the GET stream, if open).
     out: Mutex<Option<Sink>>,
     protocol: Mutex<Option<String>>,
+    /// Set once the client sends 2026-07-28 (stateless) requests: it gets notifications only on
+    /// the `subscriptions/listen` streams it opens, never unsolicited.
+    stateless: std::sync::atomic::AtomicBool,
     /// What the client declared in `initialize` (sampling, elicitation, roots, …).
     capabilities: Mutex<Value>,
     /// When the client last sent a request (a global sequence number, higher is later).
@@ -94,8 +102,10 @@ pub struct Gateway {
     activity: AtomicU64,
     /// Servers that asked for roots, so client `roots/list_changed` reaches them.
     roots_askers: Mutex<std::collections::HashSet<String>>,
-    /// (server, uri) → the sessions subscribed to it.
+    /// (server, uri) → the sessions (or `subscriptions/listen` streams) subscribed to it.
     subscriptions: Mutex<HashMap<(String, String), std::collections::HashSet<u64>>>,
+    /// Open `subscriptions/listen` streams (2026-07-28 clients), by subscriber key.
+    listeners: Mutex<HashMap<u64, stateless::Listener>>,
     next_api_id: AtomicU64,
 }
 
@@ -114,6 +124,7 @@ impl Gateway {
             activity: AtomicU64::new(1),
             roots_askers: Mutex::new(std::collections::HashSet::new()),
             subscriptions: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
             next_api_id: AtomicU64::new(1),
         });
         let router: std::sync::Weak<dyn RequestRouter> =
@@ -154,6 +165,7 @@ impl Gateway {
             out: Mutex::new(out),
             protocol: Mutex::new(None),
             capabilities: Mutex::new(Value::Null),
+            stateless: std::sync::atomic::AtomicBool::new(false),
             last_active: AtomicU64::new(0),
         });
         lock(&self.sessions).insert(id, s.clone());
@@ -177,29 +189,14 @@ impl Gateway {
         for call in calls {
             tokio::spawn(async move { call.conn.cancel(call.id, "client disconnected").await });
         }
-        let emptied: Vec<(String, String)> = {
-            let mut subs = lock(&self.subscriptions);
-            for set in subs.values_mut() {
-                set.remove(&id);
-            }
-            let empty: Vec<_> = subs
-                .iter()
-                .filter(|(_, s)| s.is_empty())
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in &empty {
-                subs.remove(k);
-            }
-            empty
-        };
-        for (server, uri) in emptied {
-            if let Ok(conn) = self.sup.get(&server).map(|s| s.connection()) {
-                let Some(conn) = conn else { continue };
-                let params = json!({ "uri": uri }).to_string();
-                tokio::spawn(async move {
-                    let _ = conn.request("resources/unsubscribe", Some(&params)).await;
-                });
-            }
+        self.drop_subscriber(id);
+        let listeners: Vec<u64> = lock(&self.listeners)
+            .iter()
+            .filter(|(_, l)| l.session == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in listeners {
+            self.remove_listener(key);
         }
         let orphaned: Vec<ForwardedRequest> = {
             let mut fwd = lock(&self.forwarded);
@@ -232,6 +229,7 @@ impl Gateway {
                 );
                 for method in fresh.changed_since(&old) {
                     self.broadcast(&jsonrpc::notification_raw(method, None));
+                    self.to_listeners(method, None);
                 }
             }
             Some(Notice::Notification {
@@ -253,6 +251,7 @@ impl Gateway {
     fn broadcast(&self, line: &[u8]) {
         let sinks: Vec<Sink> = lock(&self.sessions)
             .values()
+            .filter(|s| !s.stateless.load(Ordering::Relaxed))
             .filter_map(|s| s.out())
             .collect();
         for sink in sinks {
@@ -308,7 +307,25 @@ impl Gateway {
             Ordering::Relaxed,
         );
         let params = env.params;
-        match env.method() {
+        if let Some(version) = stateless::request_version(params) {
+            return self
+                .handle_stateless(session, id, env.method(), params, &version, call_sink)
+                .await;
+        }
+        self.dispatch(session, id, env.method(), params, call_sink)
+            .await
+    }
+
+    /// Routes one request by method (both protocol eras share this).
+    async fn dispatch(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        method: &str,
+        params: Option<&RawValue>,
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        match method {
             "initialize" => Some(self.initialize(session, id, params)),
             "ping" => Some(jsonrpc::response_raw(id, "result", "{}")),
             "tools/list" => Some(self.listed().await.tools.to_response(id)),
@@ -396,6 +413,8 @@ impl Gateway {
             return;
         };
         let key = (session.id, request_id.get().to_string());
+        // A cancelled `subscriptions/listen` closes its stream.
+        self.end_listener(session.id, request_id.get());
         let call = lock(&self.inflight).remove(&key);
         if let Some(call) = call {
             call.conn.cancel(call.id, "cancelled by the client").await;
@@ -618,6 +637,34 @@ impl Gateway {
         }
     }
 
+    /// Removes a subscriber (a session or a listen stream) from every resource subscription,
+    /// unsubscribing upstream where it was the last one.
+    fn drop_subscriber(&self, key: u64) {
+        let emptied: Vec<(String, String)> = {
+            let mut subs = lock(&self.subscriptions);
+            for set in subs.values_mut() {
+                set.remove(&key);
+            }
+            let empty: Vec<_> = subs
+                .iter()
+                .filter(|(_, s)| s.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &empty {
+                subs.remove(k);
+            }
+            empty
+        };
+        for (server, uri) in emptied {
+            if let Some(conn) = self.sup.get(&server).ok().and_then(|s| s.connection()) {
+                let params = json!({ "uri": uri }).to_string();
+                tokio::spawn(async move {
+                    let _ = conn.request("resources/unsubscribe", Some(&params)).await;
+                });
+            }
+        }
+    }
+
     /// `notifications/resources/updated` goes only to the clients subscribed to that resource.
     fn resource_updated(&self, server: &str, params: Option<&RawValue>) {
         let Some(uri) = params
@@ -632,11 +679,20 @@ impl Gateway {
             .unwrap_or_default();
         let line =
             jsonrpc::notification_raw("notifications/resources/updated", params.map(RawValue::get));
-        let sessions = lock(&self.sessions);
-        for sid in targets {
-            if let Some(sink) = sessions.get(&sid).and_then(|s| s.out()) {
-                let _ = sink.try_send(line.clone());
+        let mut stream_keys = Vec::new();
+        {
+            let sessions = lock(&self.sessions);
+            for sid in targets {
+                match sessions.get(&sid).and_then(|s| s.out()) {
+                    Some(sink) => {
+                        let _ = sink.try_send(line.clone());
+                    }
+                    None => stream_keys.push(sid),
+                }
             }
+        }
+        for key in stream_keys {
+            self.to_listener(key, "notifications/resources/updated", params);
         }
     }
 

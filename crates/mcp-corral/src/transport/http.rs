@@ -256,10 +256,38 @@ async fn post_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: By
     };
     let kind = env.kind();
     let is_init = kind == Kind::Request && env.method() == "initialize";
+    // Calls that asked for progress, and listen streams, are answered as SSE.
     let wants_progress = kind == Kind::Request
-        && env
-            .params
-            .is_some_and(|p| p.get().contains("progressToken"));
+        && (env.method() == "subscriptions/listen"
+            || env
+                .params
+                .is_some_and(|p| p.get().contains("progressToken")));
+    if kind == Kind::Request
+        && let Some(version) = crate::gateway::request_version(env.params)
+    {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if !crate::gateway::all_versions().contains(&version.as_str()) {
+            let data = serde_json::json!({ "supported": crate::gateway::all_versions(), "requested": version });
+            let body = jsonrpc::error_with_data(
+                env.id,
+                crate::gateway::UNSUPPORTED_PROTOCOL_VERSION,
+                &format!("Unsupported protocol version: {version}"),
+                Some(data),
+            );
+            return json_response(StatusCode::BAD_REQUEST, body);
+        }
+        if let Err(msg) = crate::gateway::check_headers(
+            &body,
+            header("mcp-protocol-version"),
+            header("mcp-method"),
+            header("mcp-name"),
+        ) {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error(env.id, crate::gateway::HEADER_MISMATCH, &msg),
+            );
+        }
+    }
     let id: Option<Box<RawValue>> = env.id.map(RawValue::to_owned);
     drop(env);
     let (session, new_sid) = match session {
