@@ -116,7 +116,10 @@ impl RawSlice {
         (end <= line.len()).then_some(start..end)
     }
 
-    pub fn new(line: Vec<u8>, range: std::ops::Range<usize>) -> RawSlice {
+    /// # Safety
+    /// `range` must be the byte range of a `&str` within `line` (as returned by [`Self::range_in`]
+    /// for a `RawValue` parsed from `line`), so that it is valid UTF-8.
+    pub unsafe fn new(line: Vec<u8>, range: std::ops::Range<usize>) -> RawSlice {
         RawSlice { line, range }
     }
 
@@ -129,8 +132,11 @@ impl RawSlice {
     }
 
     pub fn get(&self) -> &str {
-        // The range was a `RawValue` of a successfully parsed line, hence valid UTF-8 JSON.
-        std::str::from_utf8(&self.line[self.range.clone()]).unwrap_or("null")
+        let bytes = &self.line[self.range.clone()];
+        // SAFETY: `from_string` covers a whole `String`, and `new`'s contract requires the range
+        // of a `&str` within the line: valid UTF-8 either way. Checking again would cost a pass
+        // over up to megabytes per reply.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
 
@@ -181,8 +187,7 @@ pub fn error_object(code: i64, message: &str) -> Box<RawValue> {
 pub fn notification_raw(method: &str, params: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + params.map_or(0, str::len));
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":");
-    // Method names are plain ASCII identifiers in MCP, but quote them properly regardless.
-    out.extend_from_slice(serde_json::to_string(method).unwrap_or_default().as_bytes());
+    push_quoted(&mut out, method);
     if let Some(p) = params {
         out.extend_from_slice(b",\"params\":");
         out.extend_from_slice(p.as_bytes());
@@ -191,13 +196,27 @@ pub fn notification_raw(method: &str, params: Option<&str>) -> Vec<u8> {
     out
 }
 
+/// Appends `s` as a JSON string. MCP method names are plain ASCII (`tools/call`), which needs no
+/// escaping; anything else goes through serde_json.
+fn push_quoted(out: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/_-.$".contains(&b))
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(serde_json::to_string(s).unwrap_or_default().as_bytes());
+    }
+}
+
 /// `{"jsonrpc":"2.0","id":<id>,"method":<m>,"params":<raw>}`
 pub fn request_raw(id: &str, method: &str, params: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(80 + params.map_or(0, str::len));
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(b",\"method\":");
-    out.extend_from_slice(serde_json::to_string(method).unwrap_or_default().as_bytes());
+    push_quoted(&mut out, method);
     if let Some(p) = params {
         out.extend_from_slice(b",\"params\":");
         out.extend_from_slice(p.as_bytes());

@@ -476,41 +476,49 @@ impl Gateway {
         call_sink: Option<&Sink>,
         kind: Named,
     ) -> Option<Vec<u8>> {
-        let Some(mut map) = params.and_then(|p| serde_json::from_str::<ParamMap>(p.get()).ok())
-        else {
-            return Some(jsonrpc::error(
-                Some(id),
-                code::INVALID_PARAMS,
-                "Invalid params: expected an object with `name`",
-            ));
-        };
-        let Some(name) = map
-            .get("name")
-            .and_then(|n| serde_json::from_str::<String>(n.get()).ok())
-        else {
-            return Some(jsonrpc::error(
-                Some(id),
-                code::INVALID_PARAMS,
-                "Invalid params: `name` must be a string",
-            ));
+        // Fast path: without a progress token nothing but the name changes, so splice the
+        // server's own name into the raw params instead of rebuilding them.
+        if let Some(raw) = params
+            && !has_progress_token(raw.get())
+            && let Some((range, name)) = name_range(raw.get())
+        {
+            let mut owner = self.owner_of_name(&name, kind);
+            if owner.is_none() && self.discover_for(&name).await {
+                owner = self.owner_of_name(&name, kind);
+            }
+            let Some((server, original)) = owner else {
+                return Some(unknown_name(id, kind, &name));
+            };
+            let text = raw.get();
+            let quoted = serde_json::to_string(&original).unwrap_or_default();
+            let mut spliced = String::with_capacity(text.len() + quoted.len());
+            spliced.push_str(&text[..range.start]);
+            spliced.push_str(&quoted);
+            spliced.push_str(&text[range.end..]);
+            return self
+                .forward(
+                    session,
+                    id,
+                    &server,
+                    method,
+                    Outgoing::Raw(spliced),
+                    call_sink,
+                )
+                .await;
+        }
+        let (mut map, name) = match string_member(id, params, "name") {
+            Ok(found) => found,
+            Err(error) => return Some(error),
         };
         let mut owner = self.owner_of_name(&name, kind);
         if owner.is_none() && self.discover_for(&name).await {
             owner = self.owner_of_name(&name, kind);
         }
         let Some((server, original)) = owner else {
-            let what = match kind {
-                Named::Tool => "Unknown tool",
-                Named::Prompt => "Unknown prompt",
-            };
-            return Some(jsonrpc::error(
-                Some(id),
-                code::INVALID_PARAMS,
-                &format!("{what}: {name}"),
-            ));
+            return Some(unknown_name(id, kind, &name));
         };
         map.insert("name".into(), jsonrpc::to_raw(&original));
-        self.forward(session, id, &server, method, map, call_sink)
+        self.forward(session, id, &server, method, Outgoing::Map(map), call_sink)
             .await
     }
 
@@ -561,22 +569,9 @@ impl Gateway {
         params: Option<&RawValue>,
         call_sink: Option<&Sink>,
     ) -> Option<Vec<u8>> {
-        let Some(map) = params.and_then(|p| serde_json::from_str::<ParamMap>(p.get()).ok()) else {
-            return Some(jsonrpc::error(
-                Some(id),
-                code::INVALID_PARAMS,
-                "Invalid params: expected an object with `uri`",
-            ));
-        };
-        let Some(uri) = map
-            .get("uri")
-            .and_then(|n| serde_json::from_str::<String>(n.get()).ok())
-        else {
-            return Some(jsonrpc::error(
-                Some(id),
-                code::INVALID_PARAMS,
-                "Invalid params: `uri` must be a string",
-            ));
+        let (map, uri) = match string_member(id, params, "uri") {
+            Ok(found) => found,
+            Err(error) => return Some(error),
         };
         let Some(server) = self.catalog().owner_of_uri(&uri) else {
             return Some(jsonrpc::error(
@@ -600,7 +595,7 @@ impl Gateway {
                     return Some(jsonrpc::response_raw(id, "result", "{}"));
                 }
                 let resp = self
-                    .forward(session, id, &server, method, map, call_sink)
+                    .forward(session, id, &server, method, Outgoing::Map(map), call_sink)
                     .await;
                 if resp
                     .as_ref()
@@ -627,11 +622,11 @@ impl Gateway {
                 if !last {
                     return Some(jsonrpc::response_raw(id, "result", "{}"));
                 }
-                self.forward(session, id, &server, method, map, call_sink)
+                self.forward(session, id, &server, method, Outgoing::Map(map), call_sink)
                     .await
             }
             _ => {
-                self.forward(session, id, &server, method, map, call_sink)
+                self.forward(session, id, &server, method, Outgoing::Map(map), call_sink)
                     .await
             }
         }
@@ -765,8 +760,15 @@ impl Gateway {
             }
         };
         map.insert("ref".into(), jsonrpc::to_raw(&reference));
-        self.forward(session, id, &server, "completion/complete", map, call_sink)
-            .await
+        self.forward(
+            session,
+            id,
+            &server,
+            "completion/complete",
+            Outgoing::Map(map),
+            call_sink,
+        )
+        .await
     }
 
     /// Calls `tool` (the server's own name for it) on `server` for the management API; returns
@@ -780,11 +782,16 @@ impl Gateway {
         let mut params = ParamMap::new();
         params.insert("name".into(), jsonrpc::to_raw(&tool));
         params.insert("arguments".into(), jsonrpc::to_raw(&arguments));
-        self.forward(&session, &id, server, "tools/call", params, None)
-            .await
-            .unwrap_or_else(|| {
-                jsonrpc::error(Some(&id), code::REQUEST_CANCELLED, "Request cancelled")
-            })
+        self.forward(
+            &session,
+            &id,
+            server,
+            "tools/call",
+            Outgoing::Map(params),
+            None,
+        )
+        .await
+        .unwrap_or_else(|| jsonrpc::error(Some(&id), code::REQUEST_CANCELLED, "Request cancelled"))
     }
 
     /// `logging/setLevel` applies to every running server that supports logging.
@@ -816,7 +823,7 @@ impl Gateway {
         id: &RawValue,
         server: &str,
         method: &str,
-        mut params: ParamMap,
+        params: Outgoing,
         call_sink: Option<&Sink>,
     ) -> Option<Vec<u8>> {
         let conn = match self.sup.connection(server).await {
@@ -834,14 +841,17 @@ impl Gateway {
             .get(server)
             .map(|s| s.config.call_timeout)
             .unwrap_or(std::time::Duration::from_secs(60));
-        let progress = take_progress_token(&mut params).and_then(|token| {
-            let sink = call_sink.cloned().or_else(|| session.out())?;
-            Some(ProgressRoute { sink, token })
-        });
-        let handle = match conn
-            .start_call(method, Params::Object(params), progress)
-            .await
-        {
+        let started = match params {
+            Outgoing::Raw(text) => conn.start_call(method, Params::Raw(&text), None).await,
+            Outgoing::Map(mut map) => {
+                let progress = take_progress_token(&mut map).and_then(|token| {
+                    let sink = call_sink.cloned().or_else(|| session.out())?;
+                    Some(ProgressRoute { sink, token })
+                });
+                conn.start_call(method, Params::Object(map), progress).await
+            }
+        };
+        let handle = match started {
             Ok(h) => h,
             Err(e) => return Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
         };
@@ -940,6 +950,69 @@ impl RequestRouter for Gateway {
 enum Named {
     Tool,
     Prompt,
+}
+
+/// Params on their way upstream: rebuilt from members, or already-spliced text.
+enum Outgoing {
+    Map(ParamMap),
+    Raw(String),
+}
+
+fn unknown_name(id: &RawValue, kind: Named, name: &str) -> Vec<u8> {
+    let what = match kind {
+        Named::Tool => "Unknown tool",
+        Named::Prompt => "Unknown prompt",
+    };
+    jsonrpc::error(Some(id), code::INVALID_PARAMS, &format!("{what}: {name}"))
+}
+
+fn has_progress_token(text: &str) -> bool {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    FINDER
+        .get_or_init(|| memchr::memmem::Finder::new(b"progressToken"))
+        .find(text.as_bytes())
+        .is_some()
+}
+
+/// Where the top-level `name` string sits in `params`, and its value.
+fn name_range(text: &str) -> Option<(std::ops::Range<usize>, String)> {
+    #[derive(serde::Deserialize)]
+    struct NameOnly<'a> {
+        #[serde(borrow)]
+        name: Option<&'a RawValue>,
+    }
+    let parsed: NameOnly<'_> = serde_json::from_str(text).ok()?;
+    let raw = parsed.name?;
+    let value: String = serde_json::from_str(raw.get()).ok()?;
+    let start = (raw.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    Some((start..start + raw.get().len(), value))
+}
+
+/// Parses `params` as an object whose `field` is a string; the error is the JSON-RPC answer.
+fn string_member(
+    id: &RawValue,
+    params: Option<&RawValue>,
+    field: &str,
+) -> Result<(ParamMap, String), Vec<u8>> {
+    let Some(map) = params.and_then(|p| serde_json::from_str::<ParamMap>(p.get()).ok()) else {
+        return Err(jsonrpc::error(
+            Some(id),
+            code::INVALID_PARAMS,
+            &format!("Invalid params: expected an object with `{field}`"),
+        ));
+    };
+    let Some(value) = map
+        .get(field)
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    else {
+        return Err(jsonrpc::error(
+            Some(id),
+            code::INVALID_PARAMS,
+            &format!("Invalid params: `{field}` must be a string"),
+        ));
+    };
+    Ok((map, value))
 }
 
 /// Removes the caller's progress token from `_meta` (the connection substitutes its own).

@@ -38,38 +38,48 @@ fn is_socket(fd: &std::os::fd::OwnedFd) -> bool {
     })
 }
 
+/// What fd 0 or 1 is: a socket or a pipe can be registered with the reactor.
+enum Fd {
+    Socket(tokio::net::UnixStream),
+    Pipe(std::os::fd::OwnedFd),
+    Other,
+}
+
+fn classify(fd: i32) -> Fd {
+    let Some(owned) = dup_fd(fd) else {
+        return Fd::Other;
+    };
+    if !is_socket(&owned) {
+        return Fd::Pipe(owned);
+    }
+    let std = std::os::unix::net::UnixStream::from(owned);
+    match std
+        .set_nonblocking(true)
+        .map(|_| tokio::net::UnixStream::from_std(std))
+    {
+        Ok(Ok(s)) => Fd::Socket(s),
+        _ => Fd::Other,
+    }
+}
+
 fn async_fd_reader(fd: i32) -> Reader {
     use tokio::net::unix::pipe;
-    if let Some(owned) = dup_fd(fd) {
-        if is_socket(&owned) {
-            let std = std::os::unix::net::UnixStream::from(owned);
-            if std.set_nonblocking(true).is_ok()
-                && let Ok(s) = tokio::net::UnixStream::from_std(std)
-            {
-                return Box::new(s);
-            }
-        } else if let Ok(r) = pipe::Receiver::from_owned_fd(owned) {
-            return Box::new(r);
-        }
+    match classify(fd) {
+        Fd::Socket(s) => Box::new(s),
+        Fd::Pipe(p) => pipe::Receiver::from_owned_fd(p)
+            .map_or_else(|_| Box::new(tokio::io::stdin()) as Reader, |r| Box::new(r)),
+        Fd::Other => Box::new(tokio::io::stdin()),
     }
-    Box::new(tokio::io::stdin())
 }
 
 fn async_fd_writer(fd: i32) -> Writer {
     use tokio::net::unix::pipe;
-    if let Some(owned) = dup_fd(fd) {
-        if is_socket(&owned) {
-            let std = std::os::unix::net::UnixStream::from(owned);
-            if std.set_nonblocking(true).is_ok()
-                && let Ok(s) = tokio::net::UnixStream::from_std(std)
-            {
-                return Box::new(s);
-            }
-        } else if let Ok(w) = pipe::Sender::from_owned_fd(owned) {
-            return Box::new(w);
-        }
+    match classify(fd) {
+        Fd::Socket(s) => Box::new(s),
+        Fd::Pipe(p) => pipe::Sender::from_owned_fd(p)
+            .map_or_else(|_| Box::new(tokio::io::stdout()) as Writer, |w| Box::new(w)),
+        Fd::Other => Box::new(tokio::io::stdout()),
     }
-    Box::new(tokio::io::stdout())
 }
 
 pub async fn serve_io<R, W>(gw: Arc<Gateway>, input: R, output: W) -> std::io::Result<()>

@@ -117,7 +117,7 @@ pub struct Connection {
     /// task wake-up less per call), combined into one syscall under load.
     writer: LineWriter<Box<dyn AsyncWrite + Unpin + Send>>,
     next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<HashMap<u64, Pending, IdHash>>,
     closed: Mutex<Option<String>>,
 }
 
@@ -147,7 +147,7 @@ impl Connection {
             server: server.into(),
             writer: LineWriter::new(stdin),
             next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             closed: Mutex::new(None),
         });
         let reader = conn.clone();
@@ -176,14 +176,15 @@ impl Connection {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let params_text = match params {
-            Params::None => None,
-            Params::Raw(raw) => Some(raw.to_string()),
+        let id_text = id.to_string();
+        let line = match params {
+            Params::None => jsonrpc::request_raw(&id_text, method, None),
+            Params::Raw(raw) => jsonrpc::request_raw(&id_text, method, Some(raw)),
             Params::Object(mut map) => {
                 if progress.is_some() {
                     set_progress_token(&mut map, id);
                 }
-                Some(serialize_map(&map))
+                jsonrpc::request_raw(&id_text, method, Some(&serialize_map(&map)))
             }
         };
         let (tx, rx) = oneshot::channel();
@@ -202,7 +203,6 @@ impl Connection {
                 },
             );
         }
-        let line = jsonrpc::request_raw(&id.to_string(), method, params_text.as_deref());
         if self.write_line(line).await.is_err() {
             lock(&self.pending).remove(&id);
             return Err(self.closed_error());
@@ -296,8 +296,13 @@ impl Connection {
             if trim_line(&line).is_empty() {
                 continue;
             }
-            // The line moves into the reply (no copy of large results); start a fresh buffer.
-            let taken = std::mem::replace(&mut line, Vec::with_capacity(4096));
+            // Large lines move into the reply (no copy of a 1 MiB result); small ones are copied
+            // out, which is cheaper than allocating a fresh read buffer for every message.
+            let taken = if line.len() > 64 * 1024 {
+                std::mem::replace(&mut line, Vec::with_capacity(4096))
+            } else {
+                line.clone()
+            };
             self.dispatch(taken, events.as_ref()).await;
         }
     }
@@ -320,7 +325,9 @@ impl Connection {
                 };
                 drop(env);
                 if let Some(range) = range {
-                    self.on_response(id, is_error, RawSlice::new(line, range));
+                    // SAFETY: `range_in` located a `RawValue` (a `&str`) parsed from `line`.
+                    let body = unsafe { RawSlice::new(line, range) };
+                    self.on_response(id, is_error, body);
                 }
             }
             Kind::Notification => self.on_notification(&env, events),
@@ -401,6 +408,28 @@ fn set_progress_token(map: &mut ParamMap, id: u64) {
         .unwrap_or_default();
     meta.insert("progressToken".into(), id.into());
     map.insert("_meta".into(), jsonrpc::to_raw(&meta));
+}
+
+/// Hashing for Corral's own sequential request ids: they are not attacker-chosen, so a
+/// multiply-shift hash is safe and much cheaper than SipHash on the per-call path.
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 /// Serialises a map of raw members without re-parsing them.
