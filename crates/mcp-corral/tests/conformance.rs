@@ -49,6 +49,22 @@ fn run_suite_once(url: &str, scenario: Option<&str>) -> (BTreeMap<String, bool>,
             results.insert(name.to_string(), ok);
         }
     }
+    // A single scenario ends with a summary instead: `Passed: 5/5, 0 failed, 0 warnings`.
+    if let Some(s) = scenario
+        && let Some(summary) = text.lines().find_map(|l| l.trim().strip_prefix("Passed: "))
+    {
+        let passed = summary
+            .split('/')
+            .next()
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        let failed = summary
+            .split(", ")
+            .nth(1)
+            .and_then(|f| f.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(1);
+        results.insert(s.to_string(), passed > 0 && failed == 0);
+    }
     (results, text)
 }
 
