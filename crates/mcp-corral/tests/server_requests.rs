@@ -85,6 +85,74 @@ async fn sampling_elicitation_and_roots_round_trip_over_stdio() {
     check(&out);
 }
 
+fn run_typescript(args: &[String]) -> Value {
+    let script = repo().join("tests/clients/ts_server_requests.mjs");
+    let out = std::process::Command::new("node")
+        .arg(script)
+        .args(args)
+        .env("FIXTURES_NODE_MODULES", node_modules())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+fn check_typescript(out: &Value) {
+    assert!(
+        out["sampling"]
+            .to_string()
+            .contains("sampled by typescript"),
+        "{out}"
+    );
+    assert!(
+        out["seen"]["sampling"]
+            .as_str()
+            .unwrap()
+            .contains("hello from ts"),
+        "{out}"
+    );
+    assert!(out["elicitation"].to_string().contains("Grace"), "{out}");
+    assert!(
+        out["roots"].to_string().contains("file:///srv/ts-project"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typescript_client_answers_server_requests_over_http() {
+    let corral = Corral::start(&everything_yaml(), &[]).await;
+    check_typescript(&run_typescript(&["http".into(), corral.url("/mcp")]));
+    corral.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typescript_client_answers_server_requests_over_stdio() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("corral.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}stateDir: {}/state\n",
+            everything_yaml(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    check_typescript(&run_typescript(&[
+        "stdio".into(),
+        BIN.into(),
+        "serve".into(),
+        "--stdio".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_capable_client_the_server_gets_an_error_at_once() {
     // A raw client that declares no capabilities: the sampling request cannot be forwarded.
