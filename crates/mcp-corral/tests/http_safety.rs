@@ -132,3 +132,38 @@ async fn oversized_bodies_are_rejected_with_413() {
     assert_eq!(r.status(), 200, "the listener keeps serving");
     corral.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sessions_expire_but_sessions_with_an_open_stream_stay() {
+    let corral = Corral::start("servers: {}\nhttp: {sessionIdleSecs: 1}\n", &[]).await;
+    let (idle, listening) = (corral.http_session().await, corral.http_session().await);
+    let _stream = corral
+        .http
+        .get(corral.url("/mcp"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &listening)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+    let ping = |sid: String| {
+        let r = corral
+            .http
+            .post(corral.url("/mcp"))
+            .header("mcp-session-id", sid)
+            .header("content-type", "application/json")
+            .body(PING);
+        async move { r.send().await.unwrap().status() }
+    };
+    assert_eq!(
+        ping(idle).await,
+        404,
+        "an idle session without a stream is forgotten"
+    );
+    assert_eq!(
+        ping(listening).await,
+        200,
+        "a session with an open event stream stays"
+    );
+    corral.terminate().await;
+}

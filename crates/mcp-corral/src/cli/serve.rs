@@ -91,6 +91,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
                 allowed_hosts: config.http.allowed_hosts.clone(),
                 allowed_origins: config.http.allowed_origins.clone(),
                 max_body_bytes: config.http.max_body_bytes,
+                session_idle: std::time::Duration::from_secs(config.http.session_idle_secs),
             };
             let state = HttpState::new(gw.clone(), guard);
             let app = crate::transport::http::router(state, crate::api::routes());

@@ -52,6 +52,7 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
     pub max_body_bytes: usize,
+    pub session_idle_secs: u64,
 }
 
 /// One server, fully resolved.
@@ -148,6 +149,7 @@ impl Config {
                 allowed_origins: Vec::new(),
                 allowed_hosts: Vec::new(),
                 max_body_bytes: 16 * 1024 * 1024,
+                session_idle_secs: 3600,
             },
             log_lines: 500,
             state_dir: default_state_dir(),
@@ -335,6 +337,9 @@ fn normalise(files: Vec<(PathBuf, &str, FileConfig)>) -> Result<Config, ConfigEr
                 .http
                 .allowed_hosts
                 .extend(http.allowed_hosts.iter().cloned());
+            if let Some(idle) = http.session_idle_secs {
+                config.http.session_idle_secs = idle.max(1);
+            }
             if let Some(max) = http.max_body_bytes {
                 config.http.max_body_bytes = max;
             }

@@ -316,6 +316,10 @@ pub struct HttpSpec {
     /// Largest accepted request body, in bytes. Default: 16 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// Seconds after which an HTTP session with no request and no open event stream is
+    /// forgotten. Default: 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, JsonSchema)]

@@ -482,10 +482,10 @@ impl Gateway {
             && !has_progress_token(raw.get())
             && let Some((range, name)) = name_range(raw.get())
         {
-            let mut owner = self.owner_of_name(&name, kind);
-            if owner.is_none() && self.discover_for(&name).await {
-                owner = self.owner_of_name(&name, kind);
-            }
+            let owner = match self.owner_or_discover(&name, kind).await {
+                Ok(owner) => owner,
+                Err(msg) => return Some(jsonrpc::error(Some(id), code::SERVER_UNAVAILABLE, &msg)),
+            };
             let Some((server, original)) = owner else {
                 return Some(unknown_name(id, kind, &name));
             };
@@ -510,10 +510,10 @@ impl Gateway {
             Ok(found) => found,
             Err(error) => return Some(error),
         };
-        let mut owner = self.owner_of_name(&name, kind);
-        if owner.is_none() && self.discover_for(&name).await {
-            owner = self.owner_of_name(&name, kind);
-        }
+        let owner = match self.owner_or_discover(&name, kind).await {
+            Ok(owner) => owner,
+            Err(msg) => return Some(jsonrpc::error(Some(id), code::SERVER_UNAVAILABLE, &msg)),
+        };
         let Some((server, original)) = owner else {
             return Some(unknown_name(id, kind, &name));
         };
@@ -531,10 +531,27 @@ impl Gateway {
         table.get(name).cloned()
     }
 
+    /// The owner of `name`, discovering servers never listed before if needed; `Err` when the
+    /// server the name points at could not start.
+    async fn owner_or_discover(
+        &self,
+        name: &str,
+        kind: Named,
+    ) -> Result<Option<(String, String)>, String> {
+        if let Some(owner) = self.owner_of_name(name, kind) {
+            return Ok(Some(owner));
+        }
+        match self.discover_for(name).await {
+            Discovery::Found => Ok(self.owner_of_name(name, kind)),
+            Discovery::Nothing => Ok(None),
+            Discovery::Failed(msg) => Err(msg),
+        }
+    }
+
     /// A name that is not in the catalog may belong to a server whose lists Corral has never
     /// seen (first run, discovery still going). Start those servers (only the one whose id
     /// prefixes the name, when names are namespaced) so their lists arrive; true if any did.
-    async fn discover_for(&self, name: &str) -> bool {
+    async fn discover_for(&self, name: &str) -> Discovery {
         let unknown: Vec<String> = self
             .sup
             .all()
@@ -549,16 +566,20 @@ impl Gateway {
             .map(|s| s.id().to_string())
             .collect();
         if unknown.is_empty() {
-            return false;
+            return Discovery::Nothing;
         }
         let started =
             futures::future::join_all(unknown.iter().map(|id| self.sup.connection(id))).await;
         if started.iter().all(Result::is_err) {
-            return false;
+            // The one server the name points at could not start: say so, not "unknown tool".
+            if let [Err(e)] = started.as_slice() {
+                return Discovery::Failed(e.to_string());
+            }
+            return Discovery::Nothing;
         }
         // The lists notice may still be on its way to the catalog task: rebuild here.
         self.on_notice(None);
-        true
+        Discovery::Found
     }
 
     async fn call_by_uri(
@@ -944,6 +965,12 @@ impl RequestRouter for Gateway {
             });
         }
     }
+}
+
+enum Discovery {
+    Found,
+    Nothing,
+    Failed(String),
 }
 
 #[derive(Clone, Copy)]

@@ -36,6 +36,8 @@ pub struct Guard {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
+    /// Sessions idle this long (no request, no open event stream) are forgotten.
+    pub session_idle: std::time::Duration,
 }
 
 impl Guard {
@@ -100,7 +102,7 @@ fn is_loopback_name(name: &str) -> bool {
 pub struct HttpState {
     pub gw: Arc<Gateway>,
     pub guard: Guard,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    sessions: Mutex<HashMap<String, HttpSession>>,
     /// Legacy HTTP+SSE sessions, by the `sessionId` query parameter.
     legacy: Mutex<HashMap<String, Arc<Session>>>,
     stateless: Arc<Session>,
@@ -109,13 +111,69 @@ pub struct HttpState {
 impl HttpState {
     pub fn new(gw: Arc<Gateway>, guard: Guard) -> Arc<HttpState> {
         let stateless = gw.open_session(None);
-        Arc::new(HttpState {
+        let st = Arc::new(HttpState {
             gw,
             guard,
             sessions: Mutex::new(HashMap::new()),
             legacy: Mutex::new(HashMap::new()),
             stateless,
-        })
+        });
+        let weak = Arc::downgrade(&st);
+        let every = (st.guard.session_idle / 4).clamp(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(60),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(st) = weak.upgrade() else { return };
+                st.expire_idle_sessions();
+            }
+        });
+        st
+    }
+
+    /// Forgets sessions that sent nothing for `session_idle` and have no open event stream
+    /// (clients that vanished without `DELETE`), cancelling whatever they left in flight.
+    fn expire_idle_sessions(&self) {
+        let idle = self.guard.session_idle;
+        let expired: Vec<Arc<Session>> = {
+            let mut sessions = lock(&self.sessions);
+            let ids: Vec<String> = sessions
+                .iter()
+                .filter(|(_, s)| {
+                    lock(&s.last_seen).elapsed() >= idle
+                        && s.session.out_sink().is_none_or(|sink| sink.is_closed())
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|k| sessions.remove(k))
+                .map(|s| s.session)
+                .collect()
+        };
+        for s in expired {
+            tracing::debug!(
+                session = s.id,
+                "HTTP session expired after {} s idle",
+                idle.as_secs()
+            );
+            self.gw.close_session(s.id);
+            s.set_out(None);
+        }
+    }
+}
+
+/// A Streamable HTTP session and when its client last sent anything.
+struct HttpSession {
+    session: Arc<Session>,
+    last_seen: Mutex<std::time::Instant>,
+}
+
+impl HttpSession {
+    fn touch(&self) -> Arc<Session> {
+        *lock(&self.last_seen) = std::time::Instant::now();
+        self.session.clone()
     }
 }
 
@@ -226,7 +284,7 @@ async fn post_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: By
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let session = match &named {
-        Some(sid) => match lock(&st.sessions).get(sid).cloned() {
+        Some(sid) => match lock(&st.sessions).get(sid).map(HttpSession::touch) {
             Some(s) => Some(s),
             None => {
                 return json_response(
@@ -295,7 +353,13 @@ async fn post_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: By
         None if is_init => {
             let sid = new_session_id();
             let s = st.gw.open_session(None);
-            lock(&st.sessions).insert(sid.clone(), s.clone());
+            lock(&st.sessions).insert(
+                sid.clone(),
+                HttpSession {
+                    session: s.clone(),
+                    last_seen: Mutex::new(std::time::Instant::now()),
+                },
+            );
             (s, Some(sid))
         }
         None => (st.stateless.clone(), None),
@@ -396,7 +460,7 @@ async fn get_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap) -> Respon
     let Some(session) = headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|sid| lock(&st.sessions).get(sid).cloned())
+        .and_then(|sid| lock(&st.sessions).get(sid).map(HttpSession::touch))
     else {
         return json_response(
             StatusCode::BAD_REQUEST,
@@ -423,7 +487,7 @@ async fn delete_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap) -> Res
             ),
         );
     };
-    match lock(&st.sessions).remove(sid) {
+    match lock(&st.sessions).remove(sid).map(|s| s.session) {
         Some(s) => {
             st.gw.close_session(s.id);
             s.set_out(None);
@@ -444,6 +508,7 @@ mod tests {
             allowed_hosts: vec!["corral.internal".into()],
             allowed_origins: vec!["https://app.example".into()],
             max_body_bytes: 1,
+            session_idle: std::time::Duration::from_secs(1),
         }
     }
 
