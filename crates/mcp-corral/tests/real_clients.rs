@@ -89,22 +89,6 @@ fn check(out: &Value, lang: &str) {
     );
 }
 
-fn run_client(program: &str, args: &[String]) -> Value {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .env("FIXTURES_NODE_MODULES", node_modules())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{program} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("bad client output {e}: {stdout}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_client_over_http() {
     let dir = tempfile::tempdir().unwrap();

@@ -37,22 +37,6 @@ fn check(out: &Value) {
     );
 }
 
-fn run_python(args: &[String]) -> Value {
-    let script = repo().join("tests/clients/py_server_requests.py");
-    let out = std::process::Command::new(venv_bin("python"))
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sampling_elicitation_and_roots_round_trip_over_http() {
     let corral = Corral::start(&everything_yaml(), &[]).await;
@@ -85,21 +69,23 @@ async fn sampling_elicitation_and_roots_round_trip_over_stdio() {
     check(&out);
 }
 
+fn run_python(args: &[String]) -> Value {
+    let script = repo()
+        .join("tests/clients/py_server_requests.py")
+        .display()
+        .to_string();
+    run_client(
+        venv_bin("python").to_str().unwrap(),
+        &[&[script], args].concat(),
+    )
+}
+
 fn run_typescript(args: &[String]) -> Value {
-    let script = repo().join("tests/clients/ts_server_requests.mjs");
-    let out = std::process::Command::new("node")
-        .arg(script)
-        .args(args)
-        .env("FIXTURES_NODE_MODULES", node_modules())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+    let script = repo()
+        .join("tests/clients/ts_server_requests.mjs")
+        .display()
+        .to_string();
+    run_client("node", &[&[script], args].concat())
 }
 
 fn check_typescript(out: &Value) {

@@ -605,14 +605,7 @@ impl Gateway {
         let key = (server.clone(), uri.clone());
         match method {
             "resources/subscribe" => {
-                let first = {
-                    let mut subs = lock(&self.subscriptions);
-                    let set = subs.entry(key.clone()).or_default();
-                    let first = set.is_empty();
-                    set.insert(session.id);
-                    first
-                };
-                if !first {
+                if !self.add_subscriber(session.id, &server, &uri) {
                     return Some(jsonrpc::response_raw(id, "result", "{}"));
                 }
                 let resp = self
@@ -651,6 +644,18 @@ impl Gateway {
                     .await
             }
         }
+    }
+
+    /// Records `key` (a session or a listen stream) as subscribed to `uri` on `server`; true when
+    /// it is the first subscriber, i.e. the upstream subscription must be made.
+    fn add_subscriber(&self, key: u64, server: &str, uri: &str) -> bool {
+        let mut subs = lock(&self.subscriptions);
+        let set = subs
+            .entry((server.to_string(), uri.to_string()))
+            .or_default();
+        let first = set.is_empty();
+        set.insert(key);
+        first
     }
 
     /// Removes a subscriber (a session or a listen stream) from every resource subscription,
@@ -847,7 +852,17 @@ impl Gateway {
         params: Outgoing,
         call_sink: Option<&Sink>,
     ) -> Option<Vec<u8>> {
-        let conn = match self.sup.connection(server).await {
+        let handle = match self.sup.get(server) {
+            Ok(h) => h,
+            Err(e) => {
+                return Some(jsonrpc::error(
+                    Some(id),
+                    code::SERVER_UNAVAILABLE,
+                    &e.to_string(),
+                ));
+            }
+        };
+        let conn = match self.sup.connection_of(&handle).await {
             Ok(c) => c,
             Err(e) => {
                 return Some(jsonrpc::error(
@@ -857,11 +872,7 @@ impl Gateway {
                 ));
             }
         };
-        let timeout = self
-            .sup
-            .get(server)
-            .map(|s| s.config.call_timeout)
-            .unwrap_or(std::time::Duration::from_secs(60));
+        let timeout = handle.config.call_timeout;
         let started = match params {
             Outgoing::Raw(text) => conn.start_call(method, Params::Raw(&text), None).await,
             Outgoing::Map(mut map) => {

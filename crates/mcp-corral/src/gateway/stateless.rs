@@ -245,14 +245,9 @@ impl Gateway {
             let Some(server) = catalog.owner_of_uri(&uri) else {
                 continue;
             };
-            let first = {
-                let mut subs = lock(&self.subscriptions);
-                let set = subs.entry((server.clone(), uri.clone())).or_default();
-                let first = set.is_empty();
-                set.insert(key);
-                first
-            };
-            if first && let Ok(conn) = self.sup.connection(&server).await {
+            if self.add_subscriber(key, &server, &uri)
+                && let Ok(conn) = self.sup.connection(&server).await
+            {
                 let _ = conn
                     .request(
                         "resources/subscribe",

@@ -410,7 +410,12 @@ impl Supervisor {
 
     /// The live connection of a server, starting it on demand (lazy start).
     pub async fn connection(&self, id: &str) -> Result<Arc<Connection>, SupervisorError> {
-        let s = self.get(id)?;
+        self.connection_of(&self.get(id)?).await
+    }
+
+    /// [`Self::connection`] for a server already looked up.
+    pub async fn connection_of(&self, s: &Arc<Server>) -> Result<Arc<Connection>, SupervisorError> {
+        let id = s.id();
         if s.state().is_up()
             && let Some(c) = s.connection()
         {
@@ -436,7 +441,7 @@ impl Supervisor {
             }
             _ => {}
         }
-        wait_up(&s, &mut rx, START_TIMEOUT).await
+        wait_up(s, &mut rx, START_TIMEOUT).await
     }
 
     pub async fn stop(&self, id: &str) -> Result<(), SupervisorError> {

@@ -155,13 +155,21 @@ async fn streamable(
     // Corral closed the connection: end the session politely.
     let sid = info.lock().await.session_id.clone();
     if let Some(sid) = sid {
-        let mut req = client.delete(&url).header("mcp-session-id", sid);
-        for (k, v) in &headers {
-            req = req.header(k, v);
-        }
+        let req = with_headers(client.delete(&url).header("mcp-session-id", sid), &headers);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), req.send()).await;
     }
     "closed by Corral".into()
+}
+
+/// Adds the configured headers (e.g. `Authorization`) to a request.
+fn with_headers(
+    mut req: reqwest::RequestBuilder,
+    headers: &BTreeMap<String, String>,
+) -> reqwest::RequestBuilder {
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    req
 }
 
 fn request(
@@ -171,10 +179,7 @@ fn request(
     headers: &BTreeMap<String, String>,
     info: &SessionInfo,
 ) -> reqwest::RequestBuilder {
-    let mut req = client.request(method, url);
-    for (k, v) in headers {
-        req = req.header(k, v);
-    }
+    let mut req = with_headers(client.request(method, url), headers);
     if let Some(sid) = &info.session_id {
         req = req.header("mcp-session-id", sid);
     }
@@ -322,10 +327,10 @@ async fn legacy(
     input: DuplexStream,
     out: Out,
 ) -> String {
-    let mut req = client.get(&url).header("accept", "text/event-stream");
-    for (k, v) in &headers {
-        req = req.header(k, v);
-    }
+    let req = with_headers(
+        client.get(&url).header("accept", "text/event-stream"),
+        &headers,
+    );
     let resp = match req.send().await {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => return format!("{url} answered HTTP {}", r.status()),
@@ -365,14 +370,11 @@ async fn legacy(
     let writer = async {
         let mut lines = BufReader::new(input).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let mut req = client
+            let req = client
                 .post(&endpoint)
                 .header("content-type", "application/json")
                 .body(line.clone());
-            for (k, v) in &headers {
-                req = req.header(k, v);
-            }
-            match req.send().await {
+            match with_headers(req, &headers).send().await {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => {
                     fail_request(

@@ -344,6 +344,23 @@ impl StdioPeer {
     }
 }
 
+/// Runs a client program (SDK scenario script) and parses the JSON it prints on its last line.
+pub fn run_client(program: &str, args: &[String]) -> Value {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .env("FIXTURES_NODE_MODULES", node_modules())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{program} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("bad client output {e}: {stdout}"))
+}
+
 /// The text of the first content item of a tools/call response.
 pub fn first_text(resp: &Value) -> String {
     resp["result"]["content"][0]["text"]
