@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::config::Namespace;
 use crate::config::model::NamespaceMode;
+use crate::jsonrpc::scan::{self, Scan};
 use crate::jsonrpc::{self, Envelope, Kind, code};
 use crate::supervisor::{Notice, RequestRouter, Supervisor};
 use crate::upstream::{
@@ -187,7 +188,7 @@ impl Gateway {
         };
         // The client is gone: nobody will read these answers, so let the servers stop working.
         for call in calls {
-            tokio::spawn(async move { call.conn.cancel(call.id, "client disconnected").await });
+            call.conn.cancel(call.id, "client disconnected");
         }
         self.drop_subscriber(id);
         let listeners: Vec<u64> = lock(&self.listeners)
@@ -209,12 +210,10 @@ impl Gateway {
         };
         for f in orphaned {
             tokio::spawn(async move {
-                f.request
-                    .fail(
-                        code::INTERNAL_ERROR,
-                        "the client that was asked disconnected",
-                    )
-                    .await
+                f.request.fail(
+                    code::INTERNAL_ERROR,
+                    "the client that was asked disconnected",
+                )
             });
         }
     }
@@ -265,6 +264,20 @@ impl Gateway {
     /// `call_sink` is where progress for this call goes when the transport has a per-call stream
     /// (an HTTP POST answered with SSE); otherwise the session's own outbound queue is used.
     pub async fn handle(
+        &self,
+        session: &Arc<Session>,
+        msg: &[u8],
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        if let Some(call) = FastCall::scan(msg) {
+            return self.call_fast(session, call, call_sink).await;
+        }
+        // Boxed: the general path's state machine is large, and keeping it out of the fast
+        // path's future keeps each call's task allocation small.
+        Box::pin(self.handle_general(session, msg, call_sink)).await
+    }
+
+    async fn handle_general(
         &self,
         session: &Arc<Session>,
         msg: &[u8],
@@ -397,7 +410,7 @@ impl Gateway {
                 if let Ok(s) = self.sup.get(&id)
                     && let Some(conn) = s.connection()
                 {
-                    let _ = conn.notify("notifications/roots/list_changed", None).await;
+                    let _ = conn.notify("notifications/roots/list_changed", None);
                 }
             }
             return;
@@ -417,7 +430,7 @@ impl Gateway {
         self.end_listener(session.id, request_id.get());
         let call = lock(&self.inflight).remove(&key);
         if let Some(call) = call {
-            call.conn.cancel(call.id, "cancelled by the client").await;
+            call.conn.cancel(call.id, "cancelled by the client");
         }
     }
 
@@ -428,8 +441,8 @@ impl Gateway {
             return;
         };
         match (env.result, env.error) {
-            (Some(r), _) => fwd.request.respond("result", r.get()).await,
-            (None, Some(e)) => fwd.request.respond("error", e.get()).await,
+            (Some(r), _) => fwd.request.respond("result", r.get()),
+            (None, Some(e)) => fwd.request.respond("error", e.get()),
             (None, None) => {}
         }
     }
@@ -476,34 +489,11 @@ impl Gateway {
         call_sink: Option<&Sink>,
         kind: Named,
     ) -> Option<Vec<u8>> {
-        // Fast path: without a progress token nothing but the name changes, so splice the
-        // server's own name into the raw params instead of rebuilding them.
         if let Some(raw) = params
-            && !has_progress_token(raw.get())
-            && let Some((range, name)) = name_range(raw.get())
+            && let Some((range, name)) = plain_name(raw.get())
         {
-            let owner = match self.owner_or_discover(&name, kind).await {
-                Ok(owner) => owner,
-                Err(msg) => return Some(jsonrpc::error(Some(id), code::SERVER_UNAVAILABLE, &msg)),
-            };
-            let Some((server, original)) = owner else {
-                return Some(unknown_name(id, kind, &name));
-            };
-            let text = raw.get();
-            let quoted = serde_json::to_string(&original).unwrap_or_default();
-            let mut spliced = String::with_capacity(text.len() + quoted.len());
-            spliced.push_str(&text[..range.start]);
-            spliced.push_str(&quoted);
-            spliced.push_str(&text[range.end..]);
             return self
-                .forward(
-                    session,
-                    id,
-                    &server,
-                    method,
-                    Outgoing::Raw(spliced),
-                    call_sink,
-                )
+                .call_spliced(session, id, method, kind, raw.get(), range, name, call_sink)
                 .await;
         }
         let (mut map, name) = match string_member(id, params, "name") {
@@ -520,6 +510,70 @@ impl Gateway {
         map.insert("name".into(), jsonrpc::to_raw(&original));
         self.forward(session, id, &server, method, Outgoing::Map(map), call_sink)
             .await
+    }
+
+    /// A `tools/call` or `prompts/get` that [`FastCall::scan`] took apart without serde_json.
+    async fn call_fast(
+        &self,
+        session: &Arc<Session>,
+        call: FastCall<'_>,
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        // Ids are short (a number or a short string), so this parse is cheap; the error and
+        // reply builders take a `RawValue`.
+        let id: &RawValue = serde_json::from_str(call.id).ok()?;
+        session.last_active.store(
+            self.activity.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.call_spliced(
+            session,
+            id,
+            call.method,
+            call.kind,
+            call.params,
+            call.name_range,
+            call.name,
+            call_sink,
+        )
+        .await
+    }
+
+    /// Without a progress token nothing but the name changes on the way upstream, so the
+    /// server's own name is spliced into the raw params instead of rebuilding them.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_spliced(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        method: &str,
+        kind: Named,
+        params: &str,
+        name_range: std::ops::Range<usize>,
+        name: &str,
+        call_sink: Option<&Sink>,
+    ) -> Option<Vec<u8>> {
+        let owner = match self.owner_or_discover(name, kind).await {
+            Ok(owner) => owner,
+            Err(msg) => return Some(jsonrpc::error(Some(id), code::SERVER_UNAVAILABLE, &msg)),
+        };
+        let Some((server, original)) = owner else {
+            return Some(unknown_name(id, kind, name));
+        };
+        let quoted = serde_json::to_string(&original).unwrap_or_default();
+        let mut spliced = String::with_capacity(params.len() + quoted.len());
+        spliced.push_str(&params[..name_range.start]);
+        spliced.push_str(&quoted);
+        spliced.push_str(&params[name_range.end..]);
+        self.forward(
+            session,
+            id,
+            &server,
+            method,
+            Outgoing::Raw(spliced),
+            call_sink,
+        )
+        .await
     }
 
     fn owner_of_name(&self, name: &str, kind: Named) -> Option<(String, String)> {
@@ -541,7 +595,8 @@ impl Gateway {
         if let Some(owner) = self.owner_of_name(name, kind) {
             return Ok(Some(owner));
         }
-        match self.discover_for(name).await {
+        // Boxed: a rare path with a large future, kept out of every call's state machine.
+        match Box::pin(self.discover_for(name)).await {
             Discovery::Found => Ok(self.owner_of_name(name, kind)),
             Discovery::Nothing => Ok(None),
             Discovery::Failed(msg) => Err(msg),
@@ -862,7 +917,12 @@ impl Gateway {
                 ));
             }
         };
-        let conn = match self.sup.connection_of(&handle).await {
+        // A running server's connection is at hand; starting one is the rare, boxed path.
+        let conn = match handle.ready_connection() {
+            Some(c) => Ok(c),
+            None => Box::pin(self.sup.connection_of(&handle)).await,
+        };
+        let conn = match conn {
             Ok(c) => c,
             Err(e) => {
                 return Some(jsonrpc::error(
@@ -874,13 +934,13 @@ impl Gateway {
         };
         let timeout = handle.config.call_timeout;
         let started = match params {
-            Outgoing::Raw(text) => conn.start_call(method, Params::Raw(&text), None).await,
+            Outgoing::Raw(text) => conn.start_call(method, Params::Raw(&text), None, Some(timeout)),
             Outgoing::Map(mut map) => {
                 let progress = take_progress_token(&mut map).and_then(|token| {
                     let sink = call_sink.cloned().or_else(|| session.out())?;
                     Some(ProgressRoute { sink, token })
                 });
-                conn.start_call(method, Params::Object(map), progress).await
+                conn.start_call(method, Params::Object(map), progress, Some(timeout))
             }
         };
         let handle = match started {
@@ -896,20 +956,12 @@ impl Gateway {
                 sink: call_sink.cloned(),
             },
         );
-        let outcome = tokio::time::timeout(timeout, handle.reply).await;
+        let outcome = handle.reply.await;
         lock(&self.inflight).remove(&key);
         match outcome {
-            Ok(Ok(Ok(reply))) => Some(reply.to_response(id)),
-            Ok(Ok(Err(CallError::Cancelled))) => None,
-            Ok(Ok(Err(e))) => Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
-            Ok(Err(_)) => Some(jsonrpc::error(
-                Some(id),
-                code::SERVER_UNAVAILABLE,
-                &format!("server `{server}` dropped the call"),
-            )),
-            Err(_) => {
-                conn.cancel(handle.id, "timed out in Corral (limits.timeout)")
-                    .await;
+            Ok(Ok(reply)) => Some(reply.to_response(id)),
+            Ok(Err(CallError::Cancelled)) => None,
+            Ok(Err(CallError::TimedOut { .. })) => {
                 let msg = format!(
                     "server `{server}` did not answer `{method}` within {} s (limits.timeout)",
                     timeout.as_secs()
@@ -923,6 +975,12 @@ impl Gateway {
                     ),
                 ))
             }
+            Ok(Err(e)) => Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
+            Err(_) => Some(jsonrpc::error(
+                Some(id),
+                code::SERVER_UNAVAILABLE,
+                &format!("server `{server}` dropped the call"),
+            )),
         }
     }
 }
@@ -935,7 +993,7 @@ impl RequestRouter for Gateway {
             "roots/list" => "roots",
             other => {
                 let msg = format!("Method not found: {other}");
-                tokio::spawn(async move { request.fail(code::METHOD_NOT_FOUND, &msg).await });
+                request.fail(code::METHOD_NOT_FOUND, &msg);
                 return;
             }
         };
@@ -947,7 +1005,7 @@ impl RequestRouter for Gateway {
                 "no connected client supports `{}` (capability `{capability}`)",
                 request.method
             );
-            tokio::spawn(async move { request.fail(code::METHOD_NOT_FOUND, &msg).await });
+            request.fail(code::METHOD_NOT_FOUND, &msg);
             return;
         };
         let id = format!(
@@ -972,7 +1030,6 @@ impl RequestRouter for Gateway {
             tokio::spawn(async move {
                 f.request
                     .fail(code::INTERNAL_ERROR, "the client's queue is full or closed")
-                    .await
             });
         }
     }
@@ -1004,27 +1061,78 @@ fn unknown_name(id: &RawValue, kind: Named, name: &str) -> Vec<u8> {
     jsonrpc::error(Some(id), code::INVALID_PARAMS, &format!("{what}: {name}"))
 }
 
-fn has_progress_token(text: &str) -> bool {
-    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
-        std::sync::OnceLock::new();
-    FINDER
-        .get_or_init(|| memchr::memmem::Finder::new(b"progressToken"))
-        .find(text.as_bytes())
-        .is_some()
+/// Where the top-level `name` string sits in `params`, and its value, when the params can be
+/// forwarded by splicing in a new name: an object with a plain `name` string and no `_meta`
+/// (which may carry a progress token to remap, or a 2026-07-28 protocol version).
+fn plain_name(params: &str) -> Option<(std::ops::Range<usize>, &str)> {
+    let mut name = None;
+    let mut meta = false;
+    scan::object_members(params, |m| {
+        match m.key {
+            "name" if name.is_some() => return Err(Scan::Unsupported),
+            "name" => name = Some(m.value),
+            "_meta" => meta = true,
+            _ => {}
+        }
+        Ok(())
+    })
+    .ok()?;
+    let range = name.filter(|_| !meta)?;
+    let value = scan::plain_str(&params[range.clone()])?;
+    Some((range, value))
 }
 
-/// Where the top-level `name` string sits in `params`, and its value.
-fn name_range(text: &str) -> Option<(std::ops::Range<usize>, String)> {
-    #[derive(serde::Deserialize)]
-    struct NameOnly<'a> {
-        #[serde(borrow)]
-        name: Option<&'a RawValue>,
+/// A request on the per-call fast path: `tools/call` or `prompts/get` whose envelope and name
+/// the scanner took apart in one pass (see [`scan`]). Anything unusual (escaped keys, repeated
+/// members, `_meta`, another method) goes the general way through serde_json instead.
+struct FastCall<'a> {
+    id: &'a str,
+    method: &'static str,
+    kind: Named,
+    params: &'a str,
+    name_range: std::ops::Range<usize>,
+    name: &'a str,
+}
+
+impl<'a> FastCall<'a> {
+    fn scan(msg: &'a [u8]) -> Option<FastCall<'a>> {
+        let text = std::str::from_utf8(msg).ok()?;
+        let (mut version, mut id, mut method, mut params) = (None, None, None, None);
+        scan::object_members(text, |m| {
+            let slot = match m.key {
+                "jsonrpc" => &mut version,
+                "id" => &mut id,
+                "method" => &mut method,
+                "params" => &mut params,
+                // A request never carries these; let the general path classify it.
+                "result" | "error" => return Err(Scan::Unsupported),
+                _ => return Ok(()),
+            };
+            if slot.replace(m.value).is_some() {
+                return Err(Scan::Unsupported);
+            }
+            Ok(())
+        })
+        .ok()?;
+        if &text[version?] != "\"2.0\"" {
+            return None;
+        }
+        let (method, kind) = match scan::plain_str(&text[method?])? {
+            "tools/call" => ("tools/call", Named::Tool),
+            "prompts/get" => ("prompts/get", Named::Prompt),
+            _ => return None,
+        };
+        let params = &text[params?];
+        let (name_range, name) = plain_name(params)?;
+        Some(FastCall {
+            id: &text[id?],
+            method,
+            kind,
+            params,
+            name_range,
+            name,
+        })
     }
-    let parsed: NameOnly<'_> = serde_json::from_str(text).ok()?;
-    let raw = parsed.name?;
-    let value: String = serde_json::from_str(raw.get()).ok()?;
-    let start = (raw.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    Some((start..start + raw.get().len(), value))
 }
 
 /// Parses `params` as an object whose `field` is a string; the error is the JSON-RPC answer.

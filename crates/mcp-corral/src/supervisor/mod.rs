@@ -190,6 +190,15 @@ impl Server {
         lock(&self.live).connection.clone()
     }
 
+    /// The connection of a server that is up, without waiting for anything.
+    pub fn ready_connection(&self) -> Option<Arc<Connection>> {
+        if self.state().is_up() {
+            self.connection()
+        } else {
+            None
+        }
+    }
+
     /// The capabilities the running (or last run) server declared in `initialize`.
     pub fn capabilities(&self) -> serde_json::Value {
         lock(&self.live).capabilities.clone()
@@ -416,9 +425,7 @@ impl Supervisor {
     /// [`Self::connection`] for a server already looked up.
     pub async fn connection_of(&self, s: &Arc<Server>) -> Result<Arc<Connection>, SupervisorError> {
         let id = s.id();
-        if s.state().is_up()
-            && let Some(c) = s.connection()
-        {
+        if let Some(c) = s.ready_connection() {
             return Ok(c);
         }
         if !s.config.enabled {

@@ -390,7 +390,6 @@ async fn handshake(conn: &Connection) -> Result<Value, String> {
         Reply::Error(e) => return Err(format!("`initialize` failed: {}", e.get())),
     };
     conn.notify("notifications/initialized", None)
-        .await
         .map_err(|e| e.to_string())?;
     Ok(init)
 }
@@ -692,15 +691,13 @@ impl Events for ConnEvents {
             Some(r) => r.route(&server, request),
             None => {
                 tokio::spawn(async move {
-                    request
-                        .fail(
-                            code::METHOD_NOT_FOUND,
-                            &format!(
-                                "no client is connected to Corral to answer `{}`",
-                                request.method
-                            ),
-                        )
-                        .await;
+                    request.fail(
+                        code::METHOD_NOT_FOUND,
+                        &format!(
+                            "no client is connected to Corral to answer `{}`",
+                            request.method
+                        ),
+                    );
                 });
             }
         }

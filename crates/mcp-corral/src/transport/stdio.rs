@@ -87,9 +87,9 @@ where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let out = Arc::new(LineWriter::new(output));
+    let out = Arc::new(LineWriter::new(output, |_| {}));
     // Notifications (progress, list_changed, log messages) arrive on a queue; replies are
-    // written directly by the task that produced them.
+    // queued on the writer by the task that produced them.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
     let session = gw.open_session(Some(tx));
     let notifier = {
@@ -116,11 +116,13 @@ where
         }
         if is_request(msg) {
             let (gw, session, out, msg) = (gw.clone(), session.clone(), out.clone(), msg.to_vec());
-            inflight.spawn(async move {
+            // Boxed: the task then holds a pointer, not the whole call state machine, which
+            // tokio would otherwise copy around several times per request.
+            inflight.spawn(Box::pin(async move {
                 if let Some(resp) = gw.handle(&session, &msg, None).await {
                     let _ = out.write(resp).await;
                 }
-            });
+            }));
             // Reap finished tasks as we go so the set stays small.
             while inflight.try_join_next().is_some() {}
         } else if let Some(resp) = gw.handle(&session, msg, None).await {
@@ -133,6 +135,7 @@ where
     // Let answers that are still being computed finish writing (calls closed above end at once).
     while inflight.join_next().await.is_some() {}
     notifier.abort();
+    out.flush().await;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::jsonrpc::scan::{self, Scan};
 use crate::jsonrpc::{self, Envelope, Kind, RawSlice, Reply};
 use crate::lines::LineWriter;
 
@@ -52,18 +53,16 @@ pub struct ServerRequest {
 
 impl ServerRequest {
     /// Answers the server: `field` is `result` or `error`, `raw` its JSON.
-    pub async fn respond(&self, field: &str, raw: &str) {
+    pub fn respond(&self, field: &str, raw: &str) {
         let _ = self
             .conn
-            .write_line(jsonrpc::response_raw(&self.id, field, raw))
-            .await;
+            .write_line(jsonrpc::response_raw(&self.id, field, raw));
     }
 
-    pub async fn fail(&self, code: i64, message: &str) {
+    pub fn fail(&self, code: i64, message: &str) {
         let _ = self
             .conn
-            .write_line(jsonrpc::error(Some(&self.id), code, message))
-            .await;
+            .write_line(jsonrpc::error(Some(&self.id), code, message));
     }
 }
 
@@ -76,6 +75,12 @@ pub enum CallError {
     Busy { server: String },
     #[error("request cancelled")]
     Cancelled,
+    /// The call's deadline passed; Corral told the server to stop (`notifications/cancelled`).
+    #[error("server `{server}` did not answer within {} s", .after.as_secs())]
+    TimedOut {
+        server: String,
+        after: std::time::Duration,
+    },
 }
 
 impl CallError {
@@ -84,6 +89,7 @@ impl CallError {
             CallError::Closed { .. } => jsonrpc::code::SERVER_UNAVAILABLE,
             CallError::Busy { .. } => jsonrpc::code::BUSY,
             CallError::Cancelled => jsonrpc::code::REQUEST_CANCELLED,
+            CallError::TimedOut { .. } => jsonrpc::code::REQUEST_TIMEOUT,
         }
     }
 }
@@ -108,6 +114,8 @@ pub struct ProgressRoute {
 struct Pending {
     reply: oneshot::Sender<Result<Reply, CallError>>,
     progress: Option<ProgressRoute>,
+    /// When the call times out, and its timeout (for the error message).
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
 }
 
 /// A live link to one server.
@@ -115,10 +123,14 @@ pub struct Connection {
     server: Arc<str>,
     /// The server's stdin. Callers write their own requests (no writer task in between: one
     /// task wake-up less per call), combined into one syscall under load.
-    writer: LineWriter<Box<dyn AsyncWrite + Unpin + Send>>,
+    writer: LineWriter,
     next_id: AtomicU64,
     pending: Mutex<HashMap<u64, Pending, IdHash>>,
     closed: Mutex<Option<String>>,
+    /// Set while calls with a deadline may be pending, so the sweeper ticks; a call that finds
+    /// it clear wakes the sweeper. One timer per connection instead of one per call.
+    sweep_armed: std::sync::atomic::AtomicBool,
+    sweep: tokio::sync::Notify,
 }
 
 /// A call in flight; await `reply`, or cancel by `id`.
@@ -142,14 +154,25 @@ impl Connection {
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let stdin: Box<dyn AsyncWrite + Unpin + Send> = Box::new(stdin);
-        let conn = Arc::new(Connection {
-            server: server.into(),
-            writer: LineWriter::new(stdin),
-            next_id: AtomicU64::new(1),
-            pending: Mutex::new(HashMap::default()),
-            closed: Mutex::new(None),
+        let conn = Arc::new_cyclic(|weak: &std::sync::Weak<Connection>| {
+            let weak = weak.clone();
+            // A server that closed its stdin cannot answer what is pending: fail it now.
+            let on_error = move |e: std::io::Error| {
+                if let Some(conn) = weak.upgrade() {
+                    conn.close(&format!("stopped reading its stdin ({e})"));
+                }
+            };
+            Connection {
+                server: server.into(),
+                writer: LineWriter::new(stdin, on_error),
+                next_id: AtomicU64::new(1),
+                pending: Mutex::new(HashMap::default()),
+                closed: Mutex::new(None),
+                sweep_armed: std::sync::atomic::AtomicBool::new(false),
+                sweep: tokio::sync::Notify::new(),
+            }
         });
+        tokio::spawn(sweep_deadlines(Arc::downgrade(&conn)));
         let reader = conn.clone();
         tokio::spawn(async move {
             reader.read_loop(stdout, events).await;
@@ -162,12 +185,17 @@ impl Connection {
         &self.server
     }
 
-    /// Sends a request; the reply arrives on the returned handle.
-    pub async fn start_call(
+    /// Sends a request; the reply arrives on the returned handle. Never waits: the line is
+    /// queued for the writer, and the pending map caps how many calls can be queued.
+    ///
+    /// With a `timeout`, a call still unanswered after it fails with [`CallError::TimedOut`]
+    /// and the server gets `notifications/cancelled`.
+    pub fn start_call(
         &self,
         method: &str,
         params: Params<'_>,
         progress: Option<ProgressRoute>,
+        timeout: Option<std::time::Duration>,
     ) -> Result<CallHandle, CallError> {
         if let Some(reason) = lock(&self.closed).clone() {
             return Err(CallError::Closed {
@@ -200,12 +228,16 @@ impl Connection {
                 Pending {
                     reply: tx,
                     progress,
+                    deadline: timeout.map(|after| (tokio::time::Instant::now() + after, after)),
                 },
             );
         }
-        if self.write_line(line).await.is_err() {
+        if self.write_line(line).is_err() {
             lock(&self.pending).remove(&id);
             return Err(self.closed_error());
+        }
+        if timeout.is_some() && !self.sweep_armed.swap(true, Ordering::SeqCst) {
+            self.sweep.notify_one();
         }
         Ok(CallHandle { id, reply: rx })
     }
@@ -213,7 +245,7 @@ impl Connection {
     /// A request/response round trip for Corral's own use (handshake, lists, health).
     pub async fn request(&self, method: &str, params: Option<&str>) -> Result<Reply, CallError> {
         let params = params.map_or(Params::None, Params::Raw);
-        let handle = self.start_call(method, params, None).await?;
+        let handle = self.start_call(method, params, None, None)?;
         handle
             .reply
             .await
@@ -221,23 +253,50 @@ impl Connection {
     }
 
     /// Sends a notification to the server.
-    pub async fn notify(&self, method: &str, params: Option<&str>) -> Result<(), CallError> {
+    pub fn notify(&self, method: &str, params: Option<&str>) -> Result<(), CallError> {
         let line = jsonrpc::notification_raw(method, params);
-        self.write_line(line).await.map_err(|_| self.closed_error())
+        self.write_line(line).map_err(|_| self.closed_error())
     }
 
-    async fn write_line(&self, line: Vec<u8>) -> std::io::Result<()> {
-        self.writer.write(line).await
+    fn write_line(&self, line: Vec<u8>) -> std::io::Result<()> {
+        self.writer.push(line)
     }
 
     /// Releases a pending call and tells the server (`notifications/cancelled`).
-    pub async fn cancel(&self, id: u64, reason: &str) {
+    pub fn cancel(&self, id: u64, reason: &str) {
+        self.end_call(id, CallError::Cancelled, reason);
+    }
+
+    /// Fails a pending call with `error` and tells the server to stop working on it.
+    fn end_call(&self, id: u64, error: CallError, reason: &str) {
         let removed = lock(&self.pending).remove(&id);
         if let Some(p) = removed {
-            let _ = p.reply.send(Err(CallError::Cancelled));
+            let _ = p.reply.send(Err(error));
             let params = serde_json::json!({ "requestId": id, "reason": reason }).to_string();
-            let _ = self.notify("notifications/cancelled", Some(&params)).await;
+            let _ = self.notify("notifications/cancelled", Some(&params));
         }
+    }
+
+    /// Fails the calls whose deadline passed; true while calls with a deadline remain.
+    fn expire_overdue(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut overdue = Vec::new();
+        let mut waiting = false;
+        for (id, p) in lock(&self.pending).iter() {
+            match p.deadline {
+                Some((at, after)) if at <= now => overdue.push((*id, after)),
+                Some(_) => waiting = true,
+                None => {}
+            }
+        }
+        for (id, after) in overdue {
+            let error = CallError::TimedOut {
+                server: self.server.to_string(),
+                after,
+            };
+            self.end_call(id, error, "timed out in Corral (limits.timeout)");
+        }
+        waiting
     }
 
     /// Fails every call in flight with `reason` and refuses new ones. Called by the supervisor
@@ -309,6 +368,23 @@ impl Connection {
 
     async fn dispatch(self: &Arc<Self>, line: Vec<u8>, events: &dyn Events) {
         let text = trim_line(&line);
+        match scan_reply(text) {
+            Ok(Some((id, is_error, range))) => {
+                let offset = text.as_ptr() as usize - line.as_ptr() as usize;
+                let range = range.start + offset..range.end + offset;
+                // SAFETY: `scan_reply` returns the range of a JSON value inside `text`, which it
+                // checked is UTF-8; `text` is a sub-slice of `line` starting at `offset`.
+                let body = unsafe { RawSlice::new(line, range) };
+                self.on_response(id, is_error, body);
+                return;
+            }
+            Ok(None) => {}
+            Err(Scan::Invalid) => {
+                events.stray_output(&self.server, &String::from_utf8_lossy(text));
+                return;
+            }
+            Err(Scan::Unsupported) => {}
+        }
         let Ok(env) = Envelope::parse(text) else {
             events.stray_output(&self.server, &String::from_utf8_lossy(text));
             return;
@@ -387,9 +463,7 @@ impl Connection {
     async fn on_server_request(self: &Arc<Self>, env: &Envelope<'_>, events: &dyn Events) {
         let Some(id) = env.id else { return };
         if env.method() == "ping" {
-            let _ = self
-                .write_line(jsonrpc::response_raw(id, "result", "{}"))
-                .await;
+            let _ = self.write_line(jsonrpc::response_raw(id, "result", "{}"));
             return;
         }
         events.server_request(ServerRequest {
@@ -399,6 +473,62 @@ impl Connection {
             params: env.params.map(RawValue::to_owned),
         });
     }
+}
+
+/// How often pending calls are checked against their deadlines (the timeout's precision).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Fails calls whose deadline passed. Holds only a weak reference, so it ends with the
+/// connection.
+async fn sweep_deadlines(conn: std::sync::Weak<Connection>) {
+    loop {
+        let Some(c) = conn.upgrade() else { return };
+        if c.expire_overdue() {
+            drop(c);
+            tokio::time::sleep(SWEEP_EVERY).await;
+            continue;
+        }
+        // Nothing has a deadline: sleep until a call with one arrives (looking again now and
+        // then, so a dropped connection does not leave this task behind).
+        c.sweep_armed.store(false, Ordering::SeqCst);
+        if c.expire_overdue() {
+            c.sweep_armed.store(true, Ordering::SeqCst);
+            continue;
+        }
+        let woken = async move { c.sweep.notified().await };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), woken).await;
+    }
+}
+
+/// The common reply, `{"jsonrpc":"2.0","id":<Corral id>,"result"|"error":…}`, taken apart in
+/// one pass: its id, whether it is an error, and the payload's range in `text`. `Ok(None)` for
+/// anything else (requests, notifications, odd ids), which goes through [`Envelope`].
+#[allow(clippy::type_complexity)]
+fn scan_reply(text: &[u8]) -> Result<Option<(u64, bool, std::ops::Range<usize>)>, Scan> {
+    let Ok(text) = std::str::from_utf8(text) else {
+        return Err(Scan::Invalid);
+    };
+    let (mut version, mut id, mut body, mut is_error, mut other) = (None, None, None, false, false);
+    scan::object_members(text, |m| {
+        match m.key {
+            "jsonrpc" if version.is_none() => version = Some(m.value),
+            "id" if id.is_none() => id = Some(m.value),
+            "result" | "error" if body.is_none() => {
+                is_error = m.key == "error";
+                body = Some(m.value);
+            }
+            "method" | "jsonrpc" | "id" | "result" | "error" => other = true,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if other || version.is_none_or(|v| &text[v] != "\"2.0\"") {
+        return Ok(None);
+    }
+    let (Some(id), Some(body)) = (id, body) else {
+        return Ok(None);
+    };
+    Ok(text[id].parse::<u64>().ok().map(|id| (id, is_error, body)))
 }
 
 fn set_progress_token(map: &mut ParamMap, id: u64) {

@@ -5,6 +5,8 @@
 //! model (vendor extensions, `execution`, `task`, future content types) pass through byte for
 //! byte. Outgoing messages are assembled by concatenation from raw parts for the same reason.
 
+pub mod scan;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
