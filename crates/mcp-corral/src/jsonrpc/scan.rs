@@ -49,7 +49,7 @@ pub fn object_members<'a>(
         if b.get(i) != Some(&b'"') {
             return Err(Scan::Invalid);
         }
-        let key_end = skip_string(b, i)?;
+        let (key_end, escaped) = scan_string(b, i)?;
         let key = &text[i + 1..key_end - 1];
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
@@ -57,7 +57,7 @@ pub fn object_members<'a>(
         }
         let start = skip_ws(b, i + 1);
         let end = skip_value(b, start, 1)?;
-        if key.contains('\\') {
+        if escaped {
             // `"\u0069d"` is `"id"`: validate everything, then let serde_json decode it.
             finish_object(b, end)?;
             return Err(Scan::Unsupported);
@@ -170,20 +170,44 @@ fn skip_container(
 
 /// `b[i]` is the opening quote. Control characters must be escaped; the text is already UTF-8.
 fn skip_string(b: &[u8], i: usize) -> Result<usize, Scan> {
+    scan_string(b, i).map(|(end, _)| end)
+}
+
+/// Bytes that end a run of plain string characters: the quote, the backslash, and the
+/// control characters JSON requires to be escaped.
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// [`skip_string`], also telling whether the string had escapes.
+fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), Scan> {
     let mut i = i + 1;
+    let mut escaped = false;
     loop {
-        // The common case: a run of plain characters.
+        // The common case: a run of plain characters, one table lookup each.
         while let Some(&c) = b.get(i) {
-            if c == b'"' || c == b'\\' || c < 0x20 {
+            if STOP[c as usize] {
                 break;
             }
             i += 1;
         }
         match b.get(i) {
-            Some(b'"') => return Ok(i + 1),
+            Some(b'"') => return Ok((i + 1, escaped)),
             Some(b'\\') => match b.get(i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                    escaped = true;
+                    i += 2;
+                }
                 Some(b'u') => {
+                    escaped = true;
                     let hex = b.get(i + 2..i + 6).ok_or(Scan::Invalid)?;
                     if !hex.iter().all(u8::is_ascii_hexdigit) {
                         return Err(Scan::Invalid);
