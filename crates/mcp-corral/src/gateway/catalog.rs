@@ -54,6 +54,21 @@ pub struct Merged {
     uri_schemes: Vec<(String, String)>,
 }
 
+/// Marks a tool as callable as a task unless it says otherwise.
+fn offer_tasks(tool: &mut Value) {
+    let Some(obj) = tool.as_object_mut() else {
+        return;
+    };
+    let execution = obj
+        .entry("execution")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(execution) = execution.as_object_mut() {
+        execution
+            .entry("taskSupport")
+            .or_insert_with(|| Value::String("optional".into()));
+    }
+}
+
 impl Merged {
     pub fn build(sup: &Supervisor, ns: &Namespace) -> Merged {
         let mut tools = Vec::new();
@@ -71,13 +86,19 @@ impl Merged {
             }
             let id = server.id().to_string();
             let lists = server.lists();
+            // Corral runs task-augmented calls itself for servers without task support, so
+            // their tools may be called as tasks (`execution.taskSupport: optional`).
+            let corral_runs_tasks = server
+                .capabilities()
+                .pointer("/tasks/requests/tools/call")
+                .is_none();
             let expose = |name: &str| match ns.mode {
                 NamespaceMode::Always => format!("{id}{}{name}", ns.separator),
                 NamespaceMode::Never => name.to_string(),
             };
-            for (items, out, owner) in [
-                (&lists.tools, &mut tools, &mut tool_owner),
-                (&lists.prompts, &mut prompts, &mut prompt_owner),
+            for (items, out, owner, are_tools) in [
+                (&lists.tools, &mut tools, &mut tool_owner, true),
+                (&lists.prompts, &mut prompts, &mut prompt_owner, false),
             ] {
                 for item in items {
                     let Some(name) = item.get("name").and_then(Value::as_str) else {
@@ -95,6 +116,9 @@ impl Merged {
                     owner.insert(exposed.clone(), (id.clone(), name.to_string()));
                     let mut item = item.clone();
                     item["name"] = Value::String(exposed);
+                    if are_tools && corral_runs_tasks {
+                        offer_tasks(&mut item);
+                    }
                     out.push(item);
                 }
             }

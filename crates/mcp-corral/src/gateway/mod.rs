@@ -10,6 +10,7 @@
 
 mod catalog;
 mod stateless;
+pub mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +109,8 @@ pub struct Gateway {
     /// Open `subscriptions/listen` streams (2026-07-28 clients), by subscriber key.
     listeners: Mutex<HashMap<u64, stateless::Listener>>,
     next_api_id: AtomicU64,
+    /// Task-augmented calls (Corral-run, and the ids of upstream-run ones).
+    tasks: Arc<tasks::Tasks>,
 }
 
 impl Gateway {
@@ -127,6 +130,7 @@ impl Gateway {
             subscriptions: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             next_api_id: AtomicU64::new(1),
+            tasks: Arc::new(tasks::Tasks::default()),
         });
         let router: std::sync::Weak<dyn RequestRouter> =
             Arc::downgrade(&gw) as std::sync::Weak<Gateway>;
@@ -358,6 +362,9 @@ impl Gateway {
             }
             "completion/complete" => self.complete(session, id, params, call_sink).await,
             "logging/setLevel" => Some(self.set_level(id, params).await),
+            m @ ("tasks/get" | "tasks/result" | "tasks/cancel" | "tasks/list") => {
+                Some(Box::pin(self.task_request(session, id, m, params)).await)
+            }
             other => Some(jsonrpc::error(
                 Some(id),
                 code::METHOD_NOT_FOUND,
@@ -396,6 +403,7 @@ impl Gateway {
                 "prompts": { "listChanged": true },
                 "completions": {},
                 "logging": {},
+                "tasks": tasks::capability(),
             },
             "serverInfo": { "name": "corral", "title": "Corral MCP gateway", "version": env!("CARGO_PKG_VERSION") },
             "instructions": "Corral aggregates several MCP servers. Tool and prompt names are prefixed with the id of the server that owns them.",
@@ -508,8 +516,132 @@ impl Gateway {
             return Some(unknown_name(id, kind, &name));
         };
         map.insert("name".into(), jsonrpc::to_raw(&original));
+        if matches!(kind, Named::Tool) && map.contains_key("task") {
+            return Box::pin(self.call_as_task(session, id, &server, map)).await;
+        }
         self.forward(session, id, &server, method, Outgoing::Map(map), call_sink)
             .await
+    }
+
+    /// A task-augmented `tools/call`: passed through to a server that runs tasks itself,
+    /// otherwise run by Corral (see [`tasks`]), answering at once with the new task.
+    async fn call_as_task(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        server: &str,
+        mut map: ParamMap,
+    ) -> Option<Vec<u8>> {
+        let upstream_runs_tasks = self.sup.get(server).is_ok_and(|s| {
+            s.capabilities()
+                .pointer("/tasks/requests/tools/call")
+                .is_some()
+        });
+        if upstream_runs_tasks {
+            let resp = self
+                .forward(session, id, server, "tools/call", Outgoing::Map(map), None)
+                .await?;
+            if let Ok(v) = serde_json::from_slice::<Value>(&resp)
+                && let Some(task) = v.pointer("/result/task/taskId").and_then(Value::as_str)
+            {
+                self.tasks.remember_remote(task.to_string(), server);
+            }
+            return Some(resp);
+        }
+        let ttl = map
+            .remove("task")
+            .and_then(|t| serde_json::from_str::<Value>(t.get()).ok())
+            .and_then(|t| t.get("ttl")?.as_u64());
+        let (task_id, created) = match self.tasks.create(session.id, ttl) {
+            Ok(created) => created,
+            Err(e) => return Some(jsonrpc::error(Some(id), code::BUSY, &e.to_string())),
+        };
+        let (sup, tasks, server) = (self.sup.clone(), self.tasks.clone(), server.to_string());
+        tokio::spawn(async move {
+            let outcome = run_task_call(&sup, &tasks, &task_id, &server, map).await;
+            if let Some(outcome) = outcome {
+                tasks.finish(&task_id, outcome);
+            }
+        });
+        Some(jsonrpc::result(id, &created))
+    }
+
+    /// `tasks/get`, `tasks/result`, `tasks/cancel` and `tasks/list`.
+    async fn task_request(
+        &self,
+        session: &Arc<Session>,
+        id: &RawValue,
+        method: &str,
+        params: Option<&RawValue>,
+    ) -> Vec<u8> {
+        use tasks::{Outcome, TaskError};
+        let params_value: Value = params
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or(Value::Null);
+        if method == "tasks/list" {
+            let mut all = self.tasks.list(session.id);
+            for server in self.tasks.remote_servers() {
+                let Some(conn) = self
+                    .sup
+                    .get(&server)
+                    .ok()
+                    .and_then(|s| s.ready_connection())
+                else {
+                    continue;
+                };
+                let listed = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    conn.request("tasks/list", None),
+                )
+                .await;
+                if let Ok(Ok(jsonrpc::Reply::Result(r))) = listed
+                    && let Ok(v) = serde_json::from_str::<Value>(r.get())
+                    && let Some(items) = v.get("tasks").and_then(Value::as_array)
+                {
+                    all.extend(items.iter().cloned());
+                }
+            }
+            return jsonrpc::result(id, &json!({ "tasks": all }));
+        }
+        let Some(task_id) = params_value.get("taskId").and_then(Value::as_str) else {
+            return jsonrpc::error(
+                Some(id),
+                code::INVALID_PARAMS,
+                &format!("Invalid params: `{method}` needs a string `taskId`"),
+            );
+        };
+        if !self.tasks.is_local(task_id)
+            && let Some(server) = self.tasks.remote_owner(task_id)
+        {
+            let text = params.map_or("{}", |p| p.get()).to_string();
+            return self
+                .forward(session, id, &server, method, Outgoing::Raw(text), None)
+                .await
+                .unwrap_or_else(|| {
+                    jsonrpc::error(Some(id), code::REQUEST_CANCELLED, "request cancelled")
+                });
+        }
+        let invalid = |e: TaskError| jsonrpc::error(Some(id), code::INVALID_PARAMS, &e.to_string());
+        match method {
+            "tasks/get" => match self.tasks.get(task_id) {
+                Ok(task) => jsonrpc::result(id, &task),
+                Err(e) => invalid(e),
+            },
+            "tasks/cancel" => match self.tasks.cancel(task_id) {
+                Ok(task) => jsonrpc::result(id, &task),
+                Err(e) => invalid(e),
+            },
+            _ => match self.tasks.result(task_id).await {
+                Ok(Outcome::Result(raw)) => {
+                    jsonrpc::response_raw(id, "result", &tasks::with_related_task(&raw, task_id))
+                }
+                Ok(Outcome::Error(raw)) => jsonrpc::response_raw(id, "error", &raw),
+                Err(e @ TaskError::Cancelled(_)) => {
+                    jsonrpc::error(Some(id), code::REQUEST_CANCELLED, &e.to_string())
+                }
+                Err(e) => invalid(e),
+            },
+        }
     }
 
     /// A `tools/call` or `prompts/get` that [`FastCall::scan`] took apart without serde_json.
@@ -985,6 +1117,50 @@ impl Gateway {
     }
 }
 
+/// Runs the upstream call behind a Corral-run task; `None` when the task was cancelled (its
+/// status is already final).
+async fn run_task_call(
+    sup: &Supervisor,
+    tasks: &tasks::Tasks,
+    task_id: &str,
+    server: &str,
+    map: ParamMap,
+) -> Option<tasks::Outcome> {
+    use tasks::Outcome;
+    let failed = |code: i64, msg: &str| {
+        Some(Outcome::Error(
+            jsonrpc::error_object(code, msg).get().to_string(),
+        ))
+    };
+    let handle = match sup.get(server) {
+        Ok(h) => h,
+        Err(e) => return failed(code::SERVER_UNAVAILABLE, &e.to_string()),
+    };
+    let conn = match handle.ready_connection() {
+        Some(c) => c,
+        None => match sup.connection_of(&handle).await {
+            Ok(c) => c,
+            Err(e) => return failed(code::SERVER_UNAVAILABLE, &e.to_string()),
+        },
+    };
+    let timeout = handle.config.call_timeout;
+    let call = match conn.start_call("tools/call", Params::Object(map), None, Some(timeout)) {
+        Ok(call) => call,
+        Err(e) => return failed(e.code(), &e.to_string()),
+    };
+    tasks.attach(task_id, conn.clone(), call.id);
+    match call.reply.await {
+        Ok(Ok(jsonrpc::Reply::Result(r))) => Some(Outcome::Result(r.get().to_string())),
+        Ok(Ok(jsonrpc::Reply::Error(e))) => Some(Outcome::Error(e.get().to_string())),
+        Ok(Err(CallError::Cancelled)) => None,
+        Ok(Err(e)) => failed(e.code(), &e.to_string()),
+        Err(_) => failed(
+            code::SERVER_UNAVAILABLE,
+            &format!("server `{server}` dropped the call"),
+        ),
+    }
+}
+
 impl RequestRouter for Gateway {
     fn route(&self, server: &str, request: ServerRequest) {
         let capability = match request.method.as_str() {
@@ -1071,7 +1247,8 @@ fn plain_name(params: &str) -> Option<(std::ops::Range<usize>, &str)> {
         match m.key {
             "name" if name.is_some() => return Err(Scan::Unsupported),
             "name" => name = Some(m.value),
-            "_meta" => meta = true,
+            // Progress tokens and 2026-07-28 versions live in `_meta`; `task` asks for a task.
+            "_meta" | "task" => meta = true,
             _ => {}
         }
         Ok(())

@@ -198,6 +198,7 @@ impl Gateway {
                 "prompts": { "listChanged": true },
                 "completions": {},
                 "logging": {},
+                "tasks": super::tasks::capability(),
             },
             "instructions": "Corral aggregates several MCP servers. Tool and prompt names are prefixed with the id of the server that owns them.",
             "ttlMs": LIST_TTL_MS,
