@@ -186,14 +186,13 @@ where
             out.flush().await
         }
         .await;
-        {
+        let stop = {
             let mut st = lock(&shared.state);
             st.written += n;
-            if result.is_err() || (closing && st.queue.is_empty()) {
-                st.done = true;
-            }
-        }
-        let stop = lock(&shared.state).done;
+            // Once closing, nothing new is queued, so an empty queue is the end.
+            st.done = result.is_err() || (closing && st.queue.is_empty());
+            st.done
+        };
         if stop {
             batch.clear();
             match result {
@@ -206,10 +205,6 @@ where
             return;
         }
         shared.progress.notify_waiters();
-        if closing {
-            // Lines were queued while the last batch was written: go round once more.
-            shared.work.notify_one();
-        }
     }
 }
 

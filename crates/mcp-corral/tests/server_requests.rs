@@ -7,13 +7,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-fn everything_yaml() -> String {
-    format!(
-        "servers:\n  everything:\n    command: node\n    args: [\"{}/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\n",
-        node_modules().display()
-    )
-}
-
 fn check(out: &Value) {
     assert!(
         out["sampling"][0]
@@ -39,7 +32,7 @@ fn check(out: &Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sampling_elicitation_and_roots_round_trip_over_http() {
-    let corral = Corral::start(&everything_yaml(), &[]).await;
+    let corral = Corral::start(&everything_yaml(false), &[]).await;
     let out = run_python(&["http".into(), corral.url("/mcp")]);
     check(&out);
     corral.terminate().await;
@@ -53,7 +46,7 @@ async fn sampling_elicitation_and_roots_round_trip_over_stdio() {
         &cfg,
         format!(
             "{}stateDir: {}/state\n",
-            everything_yaml(),
+            everything_yaml(false),
             dir.path().display()
         ),
     )
@@ -111,7 +104,7 @@ fn check_typescript(out: &Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn typescript_client_answers_server_requests_over_http() {
-    let corral = Corral::start(&everything_yaml(), &[]).await;
+    let corral = Corral::start(&everything_yaml(false), &[]).await;
     check_typescript(&run_typescript(&["http".into(), corral.url("/mcp")]));
     corral.terminate().await;
 }
@@ -124,7 +117,7 @@ async fn typescript_client_answers_server_requests_over_stdio() {
         &cfg,
         format!(
             "{}stateDir: {}/state\n",
-            everything_yaml(),
+            everything_yaml(false),
             dir.path().display()
         ),
     )
@@ -142,7 +135,7 @@ async fn typescript_client_answers_server_requests_over_stdio() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_capable_client_the_server_gets_an_error_at_once() {
     // A raw client that declares no capabilities: the sampling request cannot be forwarded.
-    let mut peer = StdioPeer::corral(&everything_yaml()).await;
+    let mut peer = StdioPeer::corral(&everything_yaml(false)).await;
     peer.initialize().await;
     let started = std::time::Instant::now();
     let v = peer

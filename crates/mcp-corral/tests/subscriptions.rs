@@ -11,10 +11,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resource_updates_reach_only_subscribers() {
-    let cfg = format!(
-        "servers:\n  everything:\n    command: node\n    args: [\"{}/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\n    autoStart: true\n",
-        node_modules().display()
-    );
+    let cfg = everything_yaml(true);
     let corral = Corral::start(&cfg, &[]).await;
     corral
         .wait_status("everything", 20, |s| s["state"] == "running")

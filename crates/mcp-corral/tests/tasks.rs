@@ -131,10 +131,7 @@ async fn corral_runs_tasks_for_a_server_without_task_support() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tasks_pass_through_to_a_server_that_runs_them() {
-    let cfg = format!(
-        "servers:\n  everything:\n    command: node\n    args: [\"{}/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\n    autoStart: true\n",
-        node_modules().display()
-    );
+    let cfg = everything_yaml(true);
     let corral = Corral::start(&cfg, &[]).await;
     corral
         .wait_status("everything", 20, |s| s["state"] == "running")

@@ -1136,12 +1136,9 @@ async fn run_task_call(
         Ok(h) => h,
         Err(e) => return failed(code::SERVER_UNAVAILABLE, &e.to_string()),
     };
-    let conn = match handle.ready_connection() {
-        Some(c) => c,
-        None => match sup.connection_of(&handle).await {
-            Ok(c) => c,
-            Err(e) => return failed(code::SERVER_UNAVAILABLE, &e.to_string()),
-        },
+    let conn = match sup.connection_of(&handle).await {
+        Ok(c) => c,
+        Err(e) => return failed(code::SERVER_UNAVAILABLE, &e.to_string()),
     };
     let timeout = handle.config.call_timeout;
     let call = match conn.start_call("tools/call", Params::Object(map), None, Some(timeout)) {
@@ -1242,19 +1239,19 @@ fn unknown_name(id: &RawValue, kind: Named, name: &str) -> Vec<u8> {
 /// (which may carry a progress token to remap, or a 2026-07-28 protocol version).
 fn plain_name(params: &str) -> Option<(std::ops::Range<usize>, &str)> {
     let mut name = None;
-    let mut meta = false;
+    let mut special = false;
     scan::object_members(params, |m| {
         match m.key {
             "name" if name.is_some() => return Err(Scan::Unsupported),
             "name" => name = Some(m.value),
             // Progress tokens and 2026-07-28 versions live in `_meta`; `task` asks for a task.
-            "_meta" | "task" => meta = true,
+            "_meta" | "task" => special = true,
             _ => {}
         }
         Ok(())
     })
     .ok()?;
-    let range = name.filter(|_| !meta)?;
+    let range = name.filter(|_| !special)?;
     let value = scan::plain_str(&params[range.clone()])?;
     Some((range, value))
 }
@@ -1279,6 +1276,15 @@ impl<'a> FastCall<'a> {
             let slot = match m.key {
                 "jsonrpc" => &mut version,
                 "id" => &mut id,
+                // Stop scanning as soon as the method rules the fast path out.
+                "method"
+                    if !matches!(
+                        &text[m.value.clone()],
+                        r#""tools/call""# | r#""prompts/get""#
+                    ) =>
+                {
+                    return Err(Scan::Unsupported);
+                }
                 "method" => &mut method,
                 "params" => &mut params,
                 // A request never carries these; let the general path classify it.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::time::rfc3339;
 use crate::upstream::{Connection, lock};
@@ -72,7 +72,8 @@ struct Task {
     outcome: Option<Outcome>,
     /// The upstream call running it, so a cancel reaches the server.
     upstream: Option<(Arc<Connection>, u64)>,
-    done: Arc<Notify>,
+    /// Turns true when the task reaches a final status.
+    done: watch::Sender<bool>,
 }
 
 impl Task {
@@ -142,7 +143,7 @@ impl Tasks {
             ttl_ms: ttl_ms.unwrap_or(DEFAULT_TTL_MS).clamp(1, MAX_TTL_MS),
             outcome: None,
             upstream: None,
-            done: Arc::new(Notify::new()),
+            done: watch::Sender::new(false),
         };
         let result = json!({ "task": task.to_json(&id) });
         local.insert(id.clone(), task);
@@ -178,7 +179,7 @@ impl Tasks {
         t.updated = SystemTime::now();
         t.finished_at = Some(Instant::now());
         t.upstream = None;
-        t.done.notify_waiters();
+        t.done.send_replace(true);
     }
 
     pub fn is_local(&self, id: &str) -> bool {
@@ -196,29 +197,21 @@ impl Tasks {
 
     /// Waits for task `id` to end and returns the underlying call's outcome.
     pub async fn result(&self, id: &str) -> Result<Outcome, TaskError> {
-        loop {
-            let done = {
-                let local = lock(&self.local);
-                let t = local
-                    .get(id)
-                    .ok_or_else(|| TaskError::Unknown(id.to_string()))?;
-                match (&t.outcome, t.status) {
-                    (_, Status::Cancelled) => return Err(TaskError::Cancelled(id.to_string())),
-                    (Some(o), _) => return Ok(o.clone()),
-                    (None, _) => t.done.clone(),
-                }
-            };
-            let notified = done.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Look again: the task may have ended between the check and `enable`.
-            if lock(&self.local)
-                .get(id)
-                .is_none_or(|t| t.status.is_terminal())
-            {
-                continue;
-            }
-            notified.await;
+        let mut done = lock(&self.local)
+            .get(id)
+            .ok_or_else(|| TaskError::Unknown(id.to_string()))?
+            .done
+            .subscribe();
+        // A sender dropped with its expired task ends the wait too; the lookup below says so.
+        let _ = done.wait_for(|finished| *finished).await;
+        let local = lock(&self.local);
+        let t = local
+            .get(id)
+            .ok_or_else(|| TaskError::Unknown(id.to_string()))?;
+        match (&t.outcome, t.status) {
+            (_, Status::Cancelled) => Err(TaskError::Cancelled(id.to_string())),
+            (Some(o), _) => Ok(o.clone()),
+            (None, _) => Err(TaskError::Unknown(id.to_string())),
         }
     }
 
@@ -236,7 +229,7 @@ impl Tasks {
             t.message = Some("cancelled by the client".into());
             t.updated = SystemTime::now();
             t.finished_at = Some(Instant::now());
-            t.done.notify_waiters();
+            t.done.send_replace(true);
             (t.to_json(id), t.upstream.take())
         };
         if let Some((conn, upstream_id)) = upstream {

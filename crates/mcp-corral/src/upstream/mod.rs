@@ -517,7 +517,9 @@ fn scan_reply(text: &[u8]) -> Result<Option<(u64, bool, std::ops::Range<usize>)>
                 is_error = m.key == "error";
                 body = Some(m.value);
             }
-            "method" | "jsonrpc" | "id" | "result" | "error" => other = true,
+            // A request or notification: the general path handles it.
+            "method" => return Err(Scan::Unsupported),
+            "jsonrpc" | "id" | "result" | "error" => other = true,
             _ => {}
         }
         Ok(())

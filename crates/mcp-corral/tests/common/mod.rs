@@ -55,6 +55,19 @@ pub fn misbehave() -> String {
         .to_string()
 }
 
+/// A config with server-everything alone, as `everything` (started with Corral if `auto_start`).
+pub fn everything_yaml(auto_start: bool) -> String {
+    format!(
+        "servers:\n  everything:\n    command: node\n    args: [\"{}/@modelcontextprotocol/server-everything/dist/index.js\", \"stdio\"]\n{}",
+        node_modules().display(),
+        if auto_start {
+            "    autoStart: true\n"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Config entries for the four real servers of the core tests.
 pub fn real_servers_yaml(workdir: &Path) -> String {
     let nm = node_modules();
