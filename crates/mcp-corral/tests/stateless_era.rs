@@ -211,3 +211,91 @@ async fn subscriptions_listen_delivers_requested_notifications_tagged_with_the_s
     );
     c.terminate().await;
 }
+
+/// A stateless call to `tool`, declaring `capabilities`, with `extra` params merged in.
+fn stateless_call(id: u64, tool: &str, capabilities: Value, extra: Value) -> Value {
+    let mut params = json!({
+        "name": tool,
+        "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": V, "io.modelcontextprotocol/clientCapabilities": capabilities},
+    });
+    if let (Some(p), Some(e)) = (params.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
+/// The one input request of an `input_required` result: (key, request, requestState).
+fn only_input_request(v: &Value) -> (String, Value, String) {
+    let r = &v["result"];
+    assert_eq!(r["resultType"], "input_required", "{v}");
+    let asked = r["inputRequests"].as_object().unwrap();
+    assert_eq!(asked.len(), 1, "{v}");
+    let (key, request) = asked.iter().next().unwrap();
+    (
+        key.clone(),
+        request.clone(),
+        r["requestState"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stateless_client_answers_server_requests_with_input_responses() {
+    let c = Corral::start(&everything_yaml(true), &[]).await;
+    c.wait_status("everything", 20, |s| s["state"] == "running")
+        .await;
+    let h = [("mcp-protocol-version", V)];
+
+    // Elicitation: the server's request comes back as input_required; the retry answers it.
+    let tool = "everything__trigger-elicitation-request";
+    let caps = json!({"elicitation": {"form": {}}});
+    let (_, v) = post(&c, stateless_call(1, tool, caps.clone(), json!({})), &h).await;
+    let (key, request, state) = only_input_request(&v);
+    assert_eq!(request["method"], "elicitation/create", "{v}");
+    assert!(request["params"]["requestedSchema"].is_object(), "{v}");
+    let answers = json!({"inputResponses": {key: {"action": "accept", "content": {"name": "Ada"}}}, "requestState": state});
+    let (_, v) = post(
+        &c,
+        stateless_call(2, tool, caps.clone(), answers.clone()),
+        &h,
+    )
+    .await;
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert!(v.to_string().contains("Name: Ada"), "{v}");
+
+    // The same state cannot be used twice: that call has ended.
+    let (_, v) = post(&c, stateless_call(3, tool, caps, answers), &h).await;
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requestState"),
+        "{v}"
+    );
+
+    // Sampling, the same way.
+    let tool = "everything__trigger-sampling-request";
+    let caps = json!({"sampling": {}});
+    let args = json!({"arguments": {"prompt": "capital of France?"}});
+    let (_, v) = post(&c, stateless_call(4, tool, caps.clone(), args), &h).await;
+    let (key, request, state) = only_input_request(&v);
+    assert_eq!(request["method"], "sampling/createMessage", "{v}");
+    let answer = json!({"role": "assistant", "content": {"type": "text", "text": "Paris, of course"}, "model": "test-model", "stopReason": "endTurn"});
+    let retry = json!({"arguments": {"prompt": "capital of France?"}, "inputResponses": {key: answer}, "requestState": state});
+    let (_, v) = post(&c, stateless_call(5, tool, caps, retry), &h).await;
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert!(v.to_string().contains("Paris, of course"), "{v}");
+
+    // A client that declares no sampling gets the server's refusal at once, not input_required.
+    let started = std::time::Instant::now();
+    let args = json!({"arguments": {"prompt": "x"}});
+    let (_, v) = post(&c, stateless_call(6, tool, json!({}), args), &h).await;
+    assert_ne!(v["result"]["resultType"], "input_required", "{v}");
+    assert!(
+        v.to_string().contains("sampling"),
+        "the refusal names what is missing: {v}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    c.terminate().await;
+}

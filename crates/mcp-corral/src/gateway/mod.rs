@@ -9,6 +9,7 @@
 //! stopped servers on demand) and subscribes to its [`Notice`]s to keep the catalog current.
 
 mod catalog;
+mod input;
 mod stateless;
 pub mod tasks;
 
@@ -81,12 +82,46 @@ struct UpstreamCall {
     id: u64,
     /// The call's own stream to the client (an HTTP POST answered with SSE), if any.
     sink: Option<Sink>,
+    /// Set for a stateless client's call: the server's requests go to it (see [`input`]).
+    input: Option<input::InputRoute>,
 }
 
-/// A server's request to a client, forwarded and waiting for the client's answer.
+/// A request Corral sent to a client, waiting for the client's answer.
 struct ForwardedRequest {
-    request: ServerRequest,
+    asker: Asker,
     session: u64,
+}
+
+/// Who gets a client's answer.
+enum Asker {
+    /// A server's own request (initialize-era servers), answered on its connection.
+    Server(ServerRequest),
+    /// One of a stateless server's `inputRequests`, which Corral collects for the retry.
+    Corral(tokio::sync::oneshot::Sender<Result<Box<RawValue>, String>>),
+}
+
+impl Asker {
+    fn answer(self, field: &str, raw: &RawValue) {
+        match self {
+            Asker::Server(request) => request.respond(field, raw.get()),
+            Asker::Corral(tx) => {
+                let _ = tx.send(if field == "result" {
+                    Ok(raw.to_owned())
+                } else {
+                    Err(raw.get().to_string())
+                });
+            }
+        }
+    }
+
+    fn fail(self, code: i64, message: &str) {
+        match self {
+            Asker::Server(request) => request.fail(code, message),
+            Asker::Corral(tx) => {
+                let _ = tx.send(Err(message.to_string()));
+            }
+        }
+    }
 }
 
 pub struct Gateway {
@@ -111,6 +146,10 @@ pub struct Gateway {
     next_api_id: AtomicU64,
     /// Task-augmented calls (Corral-run, and the ids of upstream-run ones).
     tasks: Arc<tasks::Tasks>,
+    /// Stateless clients' calls waiting for input, by `requestState` token.
+    parked: Mutex<HashMap<String, input::Parked>>,
+    /// This gateway, for tasks it spawns that must outlive a request.
+    me: std::sync::OnceLock<std::sync::Weak<Gateway>>,
 }
 
 impl Gateway {
@@ -131,7 +170,10 @@ impl Gateway {
             listeners: Mutex::new(HashMap::new()),
             next_api_id: AtomicU64::new(1),
             tasks: Arc::new(tasks::Tasks::default()),
+            parked: Mutex::new(HashMap::new()),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = gw.me.set(Arc::downgrade(&gw));
         let router: std::sync::Weak<dyn RequestRouter> =
             Arc::downgrade(&gw) as std::sync::Weak<Gateway>;
         gw.sup.set_router(router);
@@ -214,7 +256,7 @@ impl Gateway {
         };
         for f in orphaned {
             tokio::spawn(async move {
-                f.request.fail(
+                f.asker.fail(
                     code::INTERNAL_ERROR,
                     "the client that was asked disconnected",
                 )
@@ -449,29 +491,60 @@ impl Gateway {
             return;
         };
         match (env.result, env.error) {
-            (Some(r), _) => fwd.request.respond("result", r.get()),
-            (None, Some(e)) => fwd.request.respond("error", e.get()),
+            (Some(r), _) => fwd.asker.answer("result", r),
+            (None, Some(e)) => fwd.asker.answer("error", e),
             (None, None) => {}
         }
     }
 
-    /// Picks the client for a server's request: the session with the newest call in flight to
-    /// that server whose client declared the capability; failing that (an unsolicited request),
-    /// the most recently active session that declared it.
-    fn pick_client(
+    /// Sends a request to a client under Corral's own id; its answer goes to `asker`.
+    fn ask_client(
         &self,
-        conn: &Arc<Connection>,
-        capability: &str,
-    ) -> Option<(Arc<Session>, Sink)> {
+        session: u64,
+        sink: &Sink,
+        method: &str,
+        params: Option<&str>,
+        asker: Asker,
+    ) {
+        let id = format!(
+            "\"corral-{}\"",
+            self.next_forwarded.fetch_add(1, Ordering::Relaxed)
+        );
+        let line = jsonrpc::request_raw(&id, method, params);
+        lock(&self.forwarded).insert(id.clone(), ForwardedRequest { asker, session });
+        if sink.try_send(line).is_err()
+            && let Some(f) = lock(&self.forwarded).remove(&id)
+        {
+            tokio::spawn(async move {
+                f.asker
+                    .fail(code::INTERNAL_ERROR, "the client's queue is full or closed")
+            });
+        }
+    }
+
+    /// Picks the client for a server's request: the newest call in flight to that server whose
+    /// client declared the capability (a stateless client's call takes the request itself, see
+    /// [`input`]); failing that (an unsolicited request), the most recently active session that
+    /// declared it.
+    fn pick_client(&self, conn: &Arc<Connection>, capability: &str) -> Option<Asked> {
         let sessions = lock(&self.sessions).clone();
         let capable = |s: &Session| lock(&s.capabilities).get(capability).is_some();
-        let mut in_flight: Vec<(u64, u64, Option<Sink>)> = lock(&self.inflight)
-            .iter()
-            .filter(|(_, call)| Arc::ptr_eq(&call.conn, conn))
-            .map(|((session, _), call)| (call.id, *session, call.sink.clone()))
-            .collect();
-        in_flight.sort_by_key(|(uid, _, _)| std::cmp::Reverse(*uid));
-        for (_, sid, sink) in in_flight {
+        let mut in_flight: Vec<(u64, u64, Option<Sink>, Option<input::InputRoute>)> =
+            lock(&self.inflight)
+                .iter()
+                .filter(|(_, call)| Arc::ptr_eq(&call.conn, conn))
+                .map(|((session, _), call)| {
+                    (call.id, *session, call.sink.clone(), call.input.clone())
+                })
+                .collect();
+        in_flight.sort_by_key(|(uid, ..)| std::cmp::Reverse(*uid));
+        for (_, sid, sink, route) in in_flight {
+            if let Some(route) = route {
+                if route.accepts(capability) {
+                    return Some(Asked::Call(route));
+                }
+                continue;
+            }
             let Some(session) = sessions.get(&sid) else {
                 continue;
             };
@@ -479,13 +552,13 @@ impl Gateway {
                 continue;
             }
             if let Some(sink) = sink.or_else(|| session.out()) {
-                return Some((session.clone(), sink));
+                return Some(Asked::Session(session.clone(), sink));
             }
         }
         let mut idle: Vec<&Arc<Session>> = sessions.values().filter(|s| capable(s)).collect();
         idle.sort_by_key(|s| std::cmp::Reverse(s.last_active.load(Ordering::Relaxed)));
         idle.into_iter()
-            .find_map(|s| s.out().map(|sink| (s.clone(), sink)))
+            .find_map(|s| s.out().map(|sink| Asked::Session(s.clone(), sink)))
     }
 
     async fn call_named(
@@ -1065,6 +1138,20 @@ impl Gateway {
             }
         };
         let timeout = handle.config.call_timeout;
+        let input_scope = if session.stateless.load(Ordering::Relaxed) {
+            input::INPUT_SCOPE.try_with(Arc::clone).ok()
+        } else {
+            None
+        };
+        if conn.is_stateless() && input_scope.is_none() {
+            let call = input::Bridged {
+                conn,
+                server,
+                method,
+                timeout,
+            };
+            return Box::pin(self.call_resolving_input(session, id, call, params, call_sink)).await;
+        }
         let started = match params {
             Outgoing::Raw(text) => conn.start_call(method, Params::Raw(&text), None, Some(timeout)),
             Outgoing::Map(mut map) => {
@@ -1079,6 +1166,18 @@ impl Gateway {
             Ok(h) => h,
             Err(e) => return Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
         };
+        if let Some(capabilities) = input_scope {
+            let ex = input::Exchange::new(
+                conn,
+                handle.id,
+                server,
+                method,
+                timeout,
+                handle.reply,
+                capabilities,
+            );
+            return self.finish_exchange(session, id, ex, call_sink).await;
+        }
         let key = (session.id, id.get().to_string());
         lock(&self.inflight).insert(
             key.clone(),
@@ -1086,34 +1185,44 @@ impl Gateway {
                 conn: conn.clone(),
                 id: handle.id,
                 sink: call_sink.cloned(),
+                input: None,
             },
         );
         let outcome = handle.reply.await;
         lock(&self.inflight).remove(&key);
-        match outcome {
-            Ok(Ok(reply)) => Some(reply.to_response(id)),
-            Ok(Err(CallError::Cancelled)) => None,
-            Ok(Err(CallError::TimedOut { .. })) => {
-                let msg = format!(
-                    "server `{server}` did not answer `{method}` within {} s (limits.timeout)",
-                    timeout.as_secs()
-                );
-                Some(jsonrpc::error_with_data(
-                    Some(id),
-                    code::REQUEST_TIMEOUT,
-                    &msg,
-                    Some(
-                        json!({ "server": server, "limit": "timeout", "seconds": timeout.as_secs() }),
-                    ),
-                ))
-            }
-            Ok(Err(e)) => Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
-            Err(_) => Some(jsonrpc::error(
+        reply_to_response(outcome, id, server, method, timeout)
+    }
+}
+
+/// The response to a forwarded call, under the caller's id; `None` when the caller cancelled it.
+fn reply_to_response(
+    outcome: Result<Result<jsonrpc::Reply, CallError>, tokio::sync::oneshot::error::RecvError>,
+    id: &RawValue,
+    server: &str,
+    method: &str,
+    timeout: std::time::Duration,
+) -> Option<Vec<u8>> {
+    match outcome {
+        Ok(Ok(reply)) => Some(reply.to_response(id)),
+        Ok(Err(CallError::Cancelled)) => None,
+        Ok(Err(CallError::TimedOut { .. })) => {
+            let msg = format!(
+                "server `{server}` did not answer `{method}` within {} s (limits.timeout)",
+                timeout.as_secs()
+            );
+            Some(jsonrpc::error_with_data(
                 Some(id),
-                code::SERVER_UNAVAILABLE,
-                &format!("server `{server}` dropped the call"),
-            )),
+                code::REQUEST_TIMEOUT,
+                &msg,
+                Some(json!({ "server": server, "limit": "timeout", "seconds": timeout.as_secs() })),
+            ))
         }
+        Ok(Err(e)) => Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
+        Err(_) => Some(jsonrpc::error(
+            Some(id),
+            code::SERVER_UNAVAILABLE,
+            &format!("server `{server}` dropped the call"),
+        )),
     }
 }
 
@@ -1173,39 +1282,45 @@ impl RequestRouter for Gateway {
         if capability == "roots" {
             lock(&self.roots_askers).insert(server.to_string());
         }
-        let Some((session, sink)) = self.pick_client(&request.conn, capability) else {
-            let msg = format!(
-                "no connected client supports `{}` (capability `{capability}`)",
-                request.method
-            );
-            request.fail(code::METHOD_NOT_FOUND, &msg);
-            return;
+        let (session, sink) = match self.pick_client(&request.conn, capability) {
+            Some(Asked::Session(session, sink)) => (session, sink),
+            Some(Asked::Call(route)) => {
+                if let Err(request) = route.send(request) {
+                    request.fail(code::INTERNAL_ERROR, "the call that asked has ended");
+                }
+                return;
+            }
+            None => {
+                let msg = format!(
+                    "no connected client supports `{}` (capability `{capability}`)",
+                    request.method
+                );
+                request.fail(code::METHOD_NOT_FOUND, &msg);
+                return;
+            }
         };
-        let id = format!(
-            "\"corral-{}\"",
-            self.next_forwarded.fetch_add(1, Ordering::Relaxed)
+        let method = request.method.clone();
+        let params = request
+            .params
+            .as_deref()
+            .map(RawValue::get)
+            .map(str::to_string);
+        self.ask_client(
+            session.id,
+            &sink,
+            &method,
+            params.as_deref(),
+            Asker::Server(request),
         );
-        let line = jsonrpc::request_raw(
-            &id,
-            &request.method,
-            request.params.as_deref().map(RawValue::get),
-        );
-        lock(&self.forwarded).insert(
-            id.clone(),
-            ForwardedRequest {
-                request,
-                session: session.id,
-            },
-        );
-        if sink.try_send(line).is_err()
-            && let Some(f) = lock(&self.forwarded).remove(&id)
-        {
-            tokio::spawn(async move {
-                f.request
-                    .fail(code::INTERNAL_ERROR, "the client's queue is full or closed")
-            });
-        }
     }
+}
+
+/// Who answers a server's request.
+enum Asked {
+    /// A session that can take requests, on this stream.
+    Session(Arc<Session>, Sink),
+    /// A stateless client's call, which turns it into `input_required`.
+    Call(input::InputRoute),
 }
 
 enum Discovery {

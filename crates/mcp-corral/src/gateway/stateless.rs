@@ -17,8 +17,7 @@ use super::{Gateway, LATEST_VERSION, SUPPORTED_VERSIONS, Session};
 use crate::jsonrpc::{self, Envelope, code};
 use crate::upstream::{Sink, lock};
 
-/// The stateless revision.
-pub const STATELESS_VERSION: &str = "2026-07-28";
+pub use crate::jsonrpc::STATELESS_VERSION;
 const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 /// How long a client may reuse a list: Corral's lists change when servers come and go, which
@@ -26,8 +25,7 @@ const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
 const LIST_TTL_MS: u64 = 30_000;
 /// `-32020`: HTTP headers disagree with the body (or a required one is missing).
 pub const HEADER_MISMATCH: i64 = -32020;
-/// `-32022`: the requested protocol revision is not supported.
-pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+pub use crate::jsonrpc::code::UNSUPPORTED_PROTOCOL_VERSION;
 
 /// Every revision Corral speaks with clients, oldest first.
 pub fn all_versions() -> Vec<&'static str> {
@@ -103,6 +101,25 @@ pub fn check_headers(
     Ok(())
 }
 
+/// Marks a result as complete (and cacheable, for `resources/read`); errors and results that
+/// carry their own `resultType` pass as they are.
+fn mark_complete(id: &RawValue, method: &str, resp: Vec<u8>) -> Vec<u8> {
+    let Ok(env) = Envelope::parse(&resp) else {
+        return resp;
+    };
+    match env.result {
+        Some(r) if !r.get().contains("\"resultType\"") => {
+            let raw = if method == "resources/read" {
+                cacheable(r.get())
+            } else {
+                with_result_type(r.get())
+            };
+            jsonrpc::response_raw(id, "result", &raw)
+        }
+        _ => resp,
+    }
+}
+
 /// `{"resultType":"complete", …}` unless the result says otherwise already.
 fn with_result_type(raw: &str) -> String {
     if raw.contains("\"resultType\"") || !raw.starts_with('{') {
@@ -168,24 +185,17 @@ impl Gateway {
         if let Some(raw) = listed {
             return Some(jsonrpc::response_raw(id, "result", &cacheable(&raw)));
         }
-        let resp = self
-            .dispatch(session, id, method, params, call_sink)
-            .await?;
-        // Mark results as complete; errors pass as they are.
-        let Ok(env) = Envelope::parse(&resp) else {
-            return Some(resp);
-        };
-        match env.result {
-            Some(r) if !r.get().contains("\"resultType\"") => {
-                let raw = if method == "resources/read" {
-                    cacheable(r.get())
-                } else {
-                    with_result_type(r.get())
-                };
-                Some(jsonrpc::response_raw(id, "result", &raw))
-            }
-            _ => Some(resp),
+        if let Some(resumed) = self.resume(session, id, method, params, call_sink).await {
+            return resumed.map(|r| mark_complete(id, method, r));
         }
+        let capabilities = super::input::declared_capabilities(params);
+        let resp = super::input::INPUT_SCOPE
+            .scope(
+                capabilities,
+                self.dispatch(session, id, method, params, call_sink),
+            )
+            .await?;
+        Some(mark_complete(id, method, resp))
     }
 
     fn discover(&self) -> Value {

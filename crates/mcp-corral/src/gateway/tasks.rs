@@ -283,7 +283,7 @@ fn tool_error(raw: &str) -> bool {
 }
 
 /// 128 random bits: a task id is also the capability to read its result.
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     use rand::Rng;
     let bytes: [u8; 16] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()

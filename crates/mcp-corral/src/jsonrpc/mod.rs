@@ -25,7 +25,12 @@ pub mod code {
     pub const BUSY: i64 = -32002;
     /// The request was cancelled by the client.
     pub const REQUEST_CANCELLED: i64 = -32800;
+    /// The requested protocol revision is not supported (2026-07-28).
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 }
+
+/// The stateless protocol revision: no `initialize`, an envelope in every request's `_meta`.
+pub const STATELESS_VERSION: &str = "2026-07-28";
 
 /// One incoming JSON-RPC message with the payload left unparsed.
 #[derive(Debug, Deserialize)]

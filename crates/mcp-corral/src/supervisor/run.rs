@@ -14,7 +14,7 @@ use super::process::{self, ExitInfo, SpawnError};
 use super::{Control, Notice, Server, Shared, State};
 use crate::catalog::Lists;
 use crate::config::model::TransportKind;
-use crate::jsonrpc::{Reply, code};
+use crate::jsonrpc::{Reply, STATELESS_VERSION, code};
 use crate::upstream::remote::{self, Flavor};
 use crate::upstream::{Connection, Events, ServerRequest, lock};
 
@@ -366,17 +366,29 @@ fn last_stderr(server: &Server) -> String {
     }
 }
 
+/// What Corral can forward to its clients, declared to every server; some servers offer tools
+/// only to clients that declare these (server-everything's sampling and elicitation tools).
+fn client_capabilities() -> Value {
+    json!({
+        "sampling": {},
+        "elicitation": { "form": {}, "url": {} },
+        "roots": { "listChanged": true },
+    })
+}
+
+fn client_info() -> Value {
+    json!({ "name": "corral", "version": env!("CARGO_PKG_VERSION") })
+}
+
+/// Opens the session: `initialize` first (every installed server speaks it, and some older
+/// SDKs drop a connection whose first request is anything else); a server that refuses it as
+/// unknown or as the wrong era is probed with `server/discover` and spoken to statelessly.
+/// Returns an initialize-shaped result (protocolVersion, capabilities, serverInfo).
 async fn handshake(conn: &Connection) -> Result<Value, String> {
     let params = json!({
         "protocolVersion": UPSTREAM_PROTOCOL,
-        // What Corral can forward to its clients; some servers offer tools only to clients
-        // that declare these (server-everything's sampling and elicitation tools).
-        "capabilities": {
-            "sampling": {},
-            "elicitation": { "form": {}, "url": {} },
-            "roots": { "listChanged": true },
-        },
-        "clientInfo": { "name": "corral", "version": env!("CARGO_PKG_VERSION") },
+        "capabilities": client_capabilities(),
+        "clientInfo": client_info(),
     })
     .to_string();
     let reply = conn
@@ -387,11 +399,106 @@ async fn handshake(conn: &Connection) -> Result<Value, String> {
         Reply::Result(r) => {
             serde_json::from_str(r.get()).map_err(|e| format!("bad initialize result: {e}"))?
         }
+        Reply::Error(e) if refuses_initialize(&e) => return discover(conn, e.get()).await,
         Reply::Error(e) => return Err(format!("`initialize` failed: {}", e.get())),
     };
     conn.notify("notifications/initialized", None)
         .map_err(|e| e.to_string())?;
     Ok(init)
+}
+
+/// `initialize` answered as a stateless-era server does: unknown method, invalid request, or
+/// "unsupported protocol version" (-32022).
+fn refuses_initialize(e: &crate::jsonrpc::RawSlice) -> bool {
+    let code = serde_json::from_str::<Value>(e.get())
+        .ok()
+        .and_then(|v| v.get("code")?.as_i64());
+    matches!(
+        code,
+        Some(code::METHOD_NOT_FOUND | code::INVALID_REQUEST | code::UNSUPPORTED_PROTOCOL_VERSION)
+    )
+}
+
+/// The stateless handshake: `server/discover` on 2026-07-28.
+async fn discover(conn: &Connection, refused: &str) -> Result<Value, String> {
+    let mut envelope = serde_json::Map::new();
+    envelope.insert(
+        "io.modelcontextprotocol/protocolVersion".into(),
+        STATELESS_VERSION.into(),
+    );
+    envelope.insert("io.modelcontextprotocol/clientInfo".into(), client_info());
+    envelope.insert(
+        "io.modelcontextprotocol/clientCapabilities".into(),
+        client_capabilities(),
+    );
+    conn.set_stateless(envelope);
+    let reply = conn
+        .request("server/discover", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let found: Value = match reply {
+        Reply::Result(r) => {
+            serde_json::from_str(r.get()).map_err(|e| format!("bad server/discover result: {e}"))?
+        }
+        Reply::Error(e) => {
+            return Err(format!(
+                "refused `initialize` ({refused}) and `server/discover` ({})",
+                e.get()
+            ));
+        }
+    };
+    let speaks = found
+        .get("supportedVersions")
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.iter().any(|v| v == STATELESS_VERSION));
+    if !speaks {
+        return Err(format!(
+            "refused `initialize` and offers no revision Corral speaks in `server/discover`: {}",
+            found.get("supportedVersions").unwrap_or(&Value::Null)
+        ));
+    }
+    let server_info = found
+        .get("_meta")
+        .and_then(|m| m.get("io.modelcontextprotocol/serverInfo"))
+        .or_else(|| found.get("serverInfo"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let capabilities = found.get("capabilities").cloned().unwrap_or_default();
+    listen_for_list_changes(conn, &capabilities);
+    Ok(json!({
+        "protocolVersion": STATELESS_VERSION,
+        "capabilities": capabilities,
+        "serverInfo": server_info,
+        "instructions": found.get("instructions"),
+    }))
+}
+
+/// A stateless server sends list changes only on a `subscriptions/listen` stream: open one for
+/// the lifetime of the connection.
+fn listen_for_list_changes(conn: &Connection, capabilities: &Value) {
+    let changes = |kind: &str| {
+        capabilities
+            .get(kind)
+            .and_then(|c| c.get("listChanged"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let filter = json!({
+        "toolsListChanged": changes("tools"),
+        "promptsListChanged": changes("prompts"),
+        "resourcesListChanged": changes("resources"),
+    });
+    if filter
+        .as_object()
+        .is_some_and(|f| f.values().any(|v| v == true))
+    {
+        let params = json!({ "notifications": filter }).to_string();
+        let _ = conn.send_untracked(
+            "corral-listen",
+            "subscriptions/listen",
+            crate::upstream::Params::Raw(&params),
+        );
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -131,6 +131,9 @@ pub struct Connection {
     /// it clear wakes the sweeper. One timer per connection instead of one per call.
     sweep_armed: std::sync::atomic::AtomicBool,
     sweep: tokio::sync::Notify,
+    /// For a server on the stateless revision (2026-07-28): the `_meta` members every request
+    /// carries (protocol version, client info, capabilities), since there is no handshake.
+    envelope: std::sync::OnceLock<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A call in flight; await `reply`, or cancel by `id`.
@@ -170,6 +173,7 @@ impl Connection {
                 closed: Mutex::new(None),
                 sweep_armed: std::sync::atomic::AtomicBool::new(false),
                 sweep: tokio::sync::Notify::new(),
+                envelope: std::sync::OnceLock::new(),
             }
         });
         tokio::spawn(sweep_deadlines(Arc::downgrade(&conn)));
@@ -205,6 +209,10 @@ impl Connection {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id_text = id.to_string();
+        let params = match self.envelope.get() {
+            Some(envelope) => Params::Object(with_envelope(params, envelope)),
+            None => params,
+        };
         let line = match params {
             Params::None => jsonrpc::request_raw(&id_text, method, None),
             Params::Raw(raw) => jsonrpc::request_raw(&id_text, method, Some(raw)),
@@ -242,6 +250,17 @@ impl Connection {
         Ok(CallHandle { id, reply: rx })
     }
 
+    /// Talks to this server on the stateless revision from now on: every request carries
+    /// `envelope` in its `_meta`.
+    pub fn set_stateless(&self, envelope: serde_json::Map<String, serde_json::Value>) {
+        let _ = self.envelope.set(envelope);
+    }
+
+    /// Whether the server speaks the stateless revision (results may be `input_required`).
+    pub fn is_stateless(&self) -> bool {
+        self.envelope.get().is_some()
+    }
+
     /// A request/response round trip for Corral's own use (handshake, lists, health).
     pub async fn request(&self, method: &str, params: Option<&str>) -> Result<Reply, CallError> {
         let params = params.map_or(Params::None, Params::Raw);
@@ -250,6 +269,32 @@ impl Connection {
             .reply
             .await
             .unwrap_or_else(|_| Err(self.closed_error()))
+    }
+
+    /// Sends a request whose answer nobody waits for (a `subscriptions/listen` that lasts as
+    /// long as the connection): it takes no slot in the pending map and does not count as a
+    /// call in flight; an answer, if one comes, is dropped as unmatched.
+    pub fn send_untracked(
+        &self,
+        id: &str,
+        method: &str,
+        params: Params<'_>,
+    ) -> Result<(), CallError> {
+        let params = match self.envelope.get() {
+            Some(envelope) => Params::Object(with_envelope(params, envelope)),
+            None => params,
+        };
+        let params = match params {
+            Params::None => None,
+            Params::Raw(raw) => Some(raw.to_string()),
+            Params::Object(map) => Some(serialize_map(&map)),
+        };
+        let line = jsonrpc::request_raw(
+            &serde_json::to_string(id).unwrap_or_default(),
+            method,
+            params.as_deref(),
+        );
+        self.write_line(line).map_err(|_| self.closed_error())
     }
 
     /// Sends a notification to the server.
@@ -531,6 +576,28 @@ fn scan_reply(text: &[u8]) -> Result<Option<(u64, bool, std::ops::Range<usize>)>
         return Ok(None);
     };
     Ok(text[id].parse::<u64>().ok().map(|id| (id, is_error, body)))
+}
+
+/// The request's params with the stateless envelope merged into `_meta` (members the
+/// caller set win).
+fn with_envelope(
+    params: Params<'_>,
+    envelope: &serde_json::Map<String, serde_json::Value>,
+) -> ParamMap {
+    let mut map: ParamMap = match params {
+        Params::None => ParamMap::new(),
+        Params::Raw(raw) => serde_json::from_str(raw).unwrap_or_default(),
+        Params::Object(map) => map,
+    };
+    let mut meta: serde_json::Map<String, serde_json::Value> = map
+        .get("_meta")
+        .and_then(|m| serde_json::from_str(m.get()).ok())
+        .unwrap_or_default();
+    for (k, v) in envelope {
+        meta.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    map.insert("_meta".into(), jsonrpc::to_raw(&meta));
+    map
 }
 
 fn set_progress_token(map: &mut ParamMap, id: u64) {

@@ -204,10 +204,13 @@ async fn post_message(
     out: &Out,
     body: &[u8],
 ) -> Result<(), PostError> {
-    let req = {
+    let mut req = {
         let info = info.lock().await;
         request(client, reqwest::Method::POST, url, headers, &info)
     };
+    for (name, value) in stateless_headers(body) {
+        req = req.header(name, value);
+    }
     let resp = req
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -258,6 +261,39 @@ async fn post_message(
         .map_err(|e| PostError::Request(format!("reading the answer from {url}: {e}")))?;
     deliver(&bytes, out, info).await;
     Ok(())
+}
+
+/// The routing headers a 2026-07-28 request carries over HTTP: `MCP-Protocol-Version` (from
+/// the body's `_meta`, there being no session), `Mcp-Method`, and `Mcp-Name` for the methods
+/// that name a tool, prompt or resource. Empty for requests of the initialize era.
+fn stateless_headers(body: &[u8]) -> Vec<(&'static str, String)> {
+    const META_VERSION: &[u8] = b"io.modelcontextprotocol/protocolVersion";
+    if memchr::memmem::find(body, META_VERSION).is_none() {
+        return Vec::new();
+    }
+    let Ok(msg) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let params = msg.get("params");
+    let Some(version) = params
+        .and_then(|p| p.pointer("/_meta/io.modelcontextprotocol~1protocolVersion"))
+        .and_then(Value::as_str)
+    else {
+        return Vec::new();
+    };
+    let mut out = vec![("mcp-protocol-version", version.to_string())];
+    if let Some(method) = msg.get("method").and_then(Value::as_str) {
+        out.push(("mcp-method", method.to_string()));
+        let named = match method {
+            "tools/call" | "prompts/get" => params.and_then(|p| p.get("name")),
+            "resources/read" => params.and_then(|p| p.get("uri")),
+            _ => None,
+        };
+        if let Some(name) = named.and_then(Value::as_str) {
+            out.push(("mcp-name", name.to_string()));
+        }
+    }
+    out
 }
 
 /// Writes one JSON body (a message or a batch) as lines, noting the negotiated protocol.
@@ -443,7 +479,22 @@ impl SseParser {
 
 #[cfg(test)]
 mod tests {
-    use super::SseParser;
+    use super::{SseParser, stateless_headers};
+
+    #[test]
+    fn stateless_requests_carry_routing_headers() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        assert_eq!(
+            stateless_headers(body),
+            vec![
+                ("mcp-protocol-version", "2026-07-28".to_string()),
+                ("mcp-method", "tools/call".to_string()),
+                ("mcp-name", "echo".to_string()),
+            ]
+        );
+        let legacy = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"}}"#;
+        assert!(stateless_headers(legacy).is_empty());
+    }
 
     #[test]
     fn parses_events_split_across_chunks() {
