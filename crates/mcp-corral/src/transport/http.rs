@@ -3,7 +3,8 @@
 //!
 //! POST carries client messages; a request is answered with JSON, or with an SSE stream when it
 //! asked for progress and the client accepts `text/event-stream`. GET opens the session's stream
-//! for server notifications; DELETE ends the session. Requests without `Mcp-Session-Id` are served
+//! for server notifications, or with `Last-Event-ID` resumes a session's stream where a dropped
+//! connection left it (see [`super::replay`]); DELETE ends the session. Requests without `Mcp-Session-Id` are served
 //! statelessly (no notifications outside the call), which also suits load generators.
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::replay::{Resumed, Streams};
 use crate::gateway::{Gateway, Session};
 use crate::jsonrpc::{self, Envelope, Kind, code};
 use crate::upstream::lock;
@@ -141,10 +143,7 @@ impl HttpState {
             let mut sessions = lock(&self.sessions);
             let ids: Vec<String> = sessions
                 .iter()
-                .filter(|(_, s)| {
-                    lock(&s.last_seen).elapsed() >= idle
-                        && s.session.out_sink().is_none_or(|sink| sink.is_closed())
-                })
+                .filter(|(_, s)| lock(&s.last_seen).elapsed() >= idle && !s.streams.connected())
                 .map(|(k, _)| k.clone())
                 .collect();
             ids.iter()
@@ -168,12 +167,14 @@ impl HttpState {
 struct HttpSession {
     session: Arc<Session>,
     last_seen: Mutex<std::time::Instant>,
+    /// Its event streams, kept for `Last-Event-ID` resumption.
+    streams: Arc<Streams>,
 }
 
 impl HttpSession {
-    fn touch(&self) -> Arc<Session> {
+    fn touch(&self) -> (Arc<Session>, Arc<Streams>) {
         *lock(&self.last_seen) = std::time::Instant::now();
-        self.session.clone()
+        (self.session.clone(), self.streams.clone())
     }
 }
 
@@ -301,7 +302,8 @@ async fn post_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: By
     };
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     if first == Some(b'[') {
-        return post_batch(&st, session.unwrap_or_else(|| st.stateless.clone()), &body).await;
+        let session = session.map_or_else(|| st.stateless.clone(), |(s, _)| s);
+        return post_batch(&st, session, &body).await;
     }
     let env = match Envelope::parse(&body) {
         Ok(env) => env,
@@ -348,21 +350,23 @@ async fn post_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: By
     }
     let id: Option<Box<RawValue>> = env.id.map(RawValue::to_owned);
     drop(env);
-    let (session, new_sid) = match session {
-        Some(s) => (s, None),
+    let (session, streams, new_sid) = match session {
+        Some((s, streams)) => (s, Some(streams), None),
         None if is_init => {
             let sid = new_session_id();
             let s = st.gw.open_session(None);
+            let streams = Arc::new(Streams::default());
             lock(&st.sessions).insert(
                 sid.clone(),
                 HttpSession {
                     session: s.clone(),
                     last_seen: Mutex::new(std::time::Instant::now()),
+                    streams: streams.clone(),
                 },
             );
-            (s, Some(sid))
+            (s, Some(streams), Some(sid))
         }
-        None => (st.stateless.clone(), None),
+        None => (st.stateless.clone(), None, None),
     };
     if kind != Kind::Request {
         return match st.gw.handle(&session, &body, None).await {
@@ -380,7 +384,11 @@ async fn post_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap, body: By
                 .unwrap_or_else(|| cancelled(id.as_deref()));
             let _ = tx.send(out).await;
         });
-        sse_response(rx)
+        match streams {
+            // In a session the stream is resumable: a dropped connection loses nothing.
+            Some(streams) => event_stream(streams.open(rx)),
+            None => sse_response(rx),
+        }
     } else {
         let out = st
             .gw
@@ -434,6 +442,14 @@ async fn post_batch(st: &HttpState, session: Arc<Session>, body: &[u8]) -> Respo
     json_response(StatusCode::OK, out)
 }
 
+fn event_stream(body: super::replay::Body) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 fn sse_response(rx: mpsc::Receiver<Vec<u8>>) -> Response {
     let stream = ReceiverStream::new(rx).map(|msg| {
         let mut frame = Vec::with_capacity(msg.len() + 24);
@@ -457,7 +473,7 @@ async fn get_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap) -> Respon
         )
             .into_response();
     }
-    let Some(session) = headers
+    let Some((session, streams)) = headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|sid| lock(&st.sessions).get(sid).map(HttpSession::touch))
@@ -471,9 +487,18 @@ async fn get_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap) -> Respon
             ),
         );
     };
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        match streams.resume(last) {
+            Resumed::Stream(body) => return event_stream(body),
+            // Nothing kept under that id (never issued, or expired): a fresh stream.
+            Resumed::Unknown => {
+                tracing::debug!(session = session.id, "cannot resume after event `{last}`");
+            }
+        }
+    }
     let (tx, rx) = mpsc::channel(1024);
     session.set_out(Some(tx));
-    sse_response(rx)
+    event_stream(streams.open(rx))
 }
 
 async fn delete_mcp(State(st): State<Arc<HttpState>>, headers: HeaderMap) -> Response {

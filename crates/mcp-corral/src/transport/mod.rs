@@ -2,4 +2,5 @@
 //! MCP semantics live in the gateway.
 
 pub mod http;
+mod replay;
 pub mod stdio;
