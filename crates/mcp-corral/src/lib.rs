@@ -4,7 +4,8 @@
 //! `gateway`, which answers from its merged catalog or forwards it over an `upstream` connection
 //! to a server that the `supervisor` keeps alive. The management `api` and the `cli` sit beside
 //! the gateway and call the supervisor. `config` and `launcher` turn files into what to run;
-//! `catalog` remembers what each server offers. See docs/architecture.md.
+//! `catalog` remembers what each server offers; `sandbox` confines the servers that ask for it.
+//! See docs/architecture.md.
 
 pub mod api;
 pub mod catalog;
@@ -14,6 +15,7 @@ pub mod gateway;
 pub mod jsonrpc;
 pub mod launcher;
 pub mod lines;
+pub mod sandbox;
 pub mod supervisor;
 pub mod time;
 pub mod tls;

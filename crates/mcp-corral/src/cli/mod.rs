@@ -68,6 +68,12 @@ enum Command {
     /// Validate configuration or print its JSON Schema.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Show which isolation mechanisms this host supports and what each permission becomes.
+    Doctor {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -146,6 +152,11 @@ enum ConfigCmd {
 }
 
 pub fn main() -> ExitCode {
+    // The sandbox shim runs before anything else exists: no runtime, no threads.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(crate::sandbox::SHIM_ARG) {
+        crate::sandbox::shim::main(&args[2..]);
+    }
     let cli = Cli::parse();
     crate::tls::install_provider();
     init_tracing(cli.log_level.as_deref(), cli.log_format);
@@ -168,6 +179,33 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn doctor(json: bool) {
+    let findings = crate::sandbox::doctor::probe();
+    let meaning = crate::sandbox::doctor::consequences(&findings);
+    if json {
+        let v = serde_json::json!({
+            "mechanisms": findings.iter().map(|f| serde_json::json!({"mechanism": f.mechanism, "ok": f.ok, "status": f.status})).collect::<Vec<_>>(),
+            "permissions": meaning.iter().map(|(p, m)| serde_json::json!({"permission": p, "enforcement": m})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    let mut mechanisms = table::Table::new(&["MECHANISM", "OK", "DETAIL"]);
+    for f in &findings {
+        let ok = if f.ok { "yes" } else { "no" };
+        mechanisms.row(vec![
+            f.mechanism.to_string(),
+            ok.to_string(),
+            f.status.clone(),
+        ]);
+    }
+    let mut permissions = table::Table::new(&["PERMISSION", "ON THIS HOST"]);
+    for (p, m) in meaning {
+        permissions.row(vec![p.to_string(), m]);
+    }
+    print!("{mechanisms}\n{permissions}");
+}
+
 /// `CORRAL_THREADS=N` picks N worker threads; 1 (the default) runs everything on one thread.
 fn runtime_builder() -> tokio::runtime::Builder {
     let threads = std::env::var("CORRAL_THREADS")
@@ -187,6 +225,10 @@ async fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Serve(args) => serve::run(args).await,
         Command::Ls(r) => client::ls(&r).await,
+        Command::Doctor { json } => {
+            doctor(json);
+            Ok(())
+        }
         Command::Start(c) => client::server_action(&c.remote, "start", &c.id).await,
         Command::Stop(c) => client::server_action(&c.remote, "stop", &c.id).await,
         Command::Restart(c) => client::server_action(&c.remote, "restart", &c.id).await,

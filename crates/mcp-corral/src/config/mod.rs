@@ -16,8 +16,7 @@ use serde::Serialize;
 
 pub use error::{ConfigError, Diagnostic};
 use model::{
-    ClientFile, FileConfig, Limits, NamespaceMode, PackageManager, Permissions, ServerSpec,
-    TransportKind,
+    ClientFile, FileConfig, Limits, NamespaceMode, PackageManager, ServerSpec, TransportKind,
 };
 
 /// Default HTTP listen address.
@@ -36,6 +35,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The files this config came from, in merge order.
     pub sources: Vec<PathBuf>,
+    /// The global `sandbox:` block every server inherits from (the last file's wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_defaults: Option<model::SandboxDefaults>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +83,9 @@ pub struct ServerConfig {
     /// Set for servers reached over the network instead of started as a process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<Remote>,
+    /// The isolation the server runs under, when it asked for any (see docs/security.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::Policy>,
 }
 
 /// A remote server: Streamable HTTP (`http`) or legacy HTTP+SSE (`sse`).
@@ -154,6 +159,7 @@ impl Config {
             log_lines: 500,
             state_dir: default_state_dir(),
             sources: Vec::new(),
+            sandbox_defaults: None,
         }
     }
 
@@ -374,14 +380,8 @@ fn normalise(files: Vec<(PathBuf, &str, FileConfig)>) -> Result<Config, ConfigEr
             specs.push((path.clone(), text, key, spec));
         }
     }
-    if let Some((path, text, sandbox)) = sandbox_defaults
-        && (sandbox.permissions.is_some()
-            || sandbox
-                .limits
-                .as_ref()
-                .is_some_and(|l| l.memory.is_some() || l.cpu_time.is_some()))
-    {
-        return Err(invalid(&path, text, "sandbox", SANDBOX_UNAVAILABLE));
+    if let Some((_, _, sandbox)) = sandbox_defaults {
+        config.sandbox_defaults = Some(sandbox);
     }
     let mut ids = std::collections::BTreeSet::new();
     for (path, text, key, spec) in specs {
@@ -398,12 +398,6 @@ fn normalise(files: Vec<(PathBuf, &str, FileConfig)>) -> Result<Config, ConfigEr
     }
     Ok(config)
 }
-
-/// Said when a config asks for isolation this build cannot enforce yet: refusing is the only
-/// honest answer, because running the server unconfined would silently ignore the request.
-const SANDBOX_UNAVAILABLE: &str = "sandboxing is not yet available in this version of Corral, so \
-    `permissions`, `limits.memory` and `limits.cpuTime` cannot be enforced; remove them to run this \
-    server unconfined (only `limits.timeout` is supported now)";
 
 fn invalid(path: &Path, text: &str, key: &str, message: &str) -> ConfigError {
     ConfigError::invalid(Diagnostic::new(path, key, message).locate(text))
@@ -492,27 +486,6 @@ fn normalise_server(
             })
         }
     };
-    if spec
-        .permissions
-        .as_ref()
-        .is_some_and(|p| *p != Permissions::default())
-        || spec
-            .limits
-            .as_ref()
-            .is_some_and(|l| l.memory.is_some() || l.cpu_time.is_some())
-    {
-        let which = if spec.permissions.is_some() {
-            "permissions"
-        } else {
-            "limits"
-        };
-        return Err(invalid(
-            path,
-            text,
-            &format!("{key}.{which}"),
-            SANDBOX_UNAVAILABLE,
-        ));
-    }
     let launch = if remote.is_some() {
         Launch {
             program: String::new(),
@@ -531,6 +504,34 @@ fn normalise_server(
             )
         })?
     };
+    let defaults = config.sandbox_defaults.as_ref();
+    let sandbox = crate::sandbox::Policy::from_config(
+        spec.permissions.as_ref(),
+        spec.limits.as_ref(),
+        defaults.and_then(|d| d.permissions.as_ref()),
+        defaults.and_then(|d| d.limits.as_ref()),
+        path.parent().unwrap_or(Path::new(".")),
+        launch.env.keys().cloned().collect(),
+    )
+    .map_err(|e| {
+        let which = if spec.permissions.is_some() {
+            "permissions"
+        } else if spec.limits.is_some() {
+            "limits"
+        } else {
+            "sandbox"
+        };
+        invalid(path, text, &format!("{key}.{which}"), &e.to_string())
+    })?;
+    if sandbox.is_some() && remote.is_some() {
+        return Err(invalid(
+            path,
+            text,
+            &format!("{key}.permissions"),
+            "permissions and memory/cpuTime limits confine a local process; a remote server \
+             (`transport.url`) runs elsewhere and cannot be sandboxed by Corral",
+        ));
+    }
     let health = spec.health_check.clone().unwrap_or_default();
     let interval = health.interval.unwrap_or(30_000);
     Ok(ServerConfig {
@@ -560,6 +561,7 @@ fn normalise_server(
         log_lines: spec.log_lines.unwrap_or(config.log_lines).max(1),
         source: path.to_path_buf(),
         remote,
+        sandbox,
     })
 }
 

@@ -127,22 +127,46 @@ fn unset_variable_names_file_key_and_variable() {
 }
 
 #[test]
-fn permissions_are_refused_until_the_sandbox_exists() {
+fn unenforceable_permissions_are_refused_with_their_location() {
     let d = diag(
         load_text(
             "c.yaml",
-            "servers:\n  a:\n    command: echo\n    permissions: {network: false}\n",
+            "servers:\n  a:\n    command: echo\n    permissions: {allowedHosts: [api.example.com]}\n",
         )
         .unwrap_err(),
     );
-    assert!(d.message.contains("sandboxing is not yet available"), "{d}");
+    assert!(d.message.contains("allowedHosts"), "{d}");
     assert_eq!(d.line, Some(4));
+    let d = diag(
+        load_text(
+            "c.yaml",
+            "servers:\n  a:\n    transport: {type: http, url: 'http://127.0.0.1:1/mcp'}\n    permissions: {network: false}\n",
+        )
+        .unwrap_err(),
+    );
+    assert!(d.message.contains("remote server"), "{d}");
     let ok = load_text(
         "c.yaml",
         "servers:\n  a:\n    command: echo\n    limits: {timeout: 5}\n",
     )
     .unwrap();
     assert_eq!(ok.servers[0].call_timeout, Duration::from_secs(5));
+    assert!(
+        ok.servers[0].sandbox.is_none(),
+        "a timeout alone needs no sandbox"
+    );
+}
+
+#[test]
+fn the_global_sandbox_block_is_inherited() {
+    let c = load_text(
+        "c.yaml",
+        "sandbox:\n  permissions: {network: false, spawn: false}\n  limits: {memory: 128}\nservers:\n  a:\n    command: echo\n    permissions: {spawn: true}\n",
+    )
+    .unwrap();
+    let policy = c.servers[0].sandbox.as_ref().unwrap();
+    assert!(!policy.network && policy.spawn);
+    assert_eq!(policy.memory_mb, Some(128));
 }
 
 #[test]

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 use crate::config::Launch;
+use crate::sandbox::Policy;
+use crate::sandbox::cgroup::Cgroup;
 
 /// How a server process ended.
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
@@ -52,6 +54,7 @@ fn signal_name(s: i32) -> &'static str {
         libc::SIGPIPE => "SIGPIPE",
         libc::SIGBUS => "SIGBUS",
         libc::SIGFPE => "SIGFPE",
+        libc::SIGXCPU => "SIGXCPU",
         _ => "signal",
     }
 }
@@ -68,10 +71,51 @@ pub enum SpawnError {
         program: String,
         source: std::io::Error,
     },
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+}
+
+/// A spawned server process, with what confines it.
+pub struct Spawned {
+    pub child: Child,
+    pub limits: Option<Confinement>,
+}
+
+/// The limits a sandboxed server runs under, to explain its exit.
+pub struct Confinement {
+    pub cgroup: Option<Cgroup>,
+    pub memory_mb: Option<u64>,
+    pub cpu_time: Option<u64>,
+}
+
+impl Confinement {
+    /// Which limit ended the server, if one did.
+    pub fn fired(&self, exit: &ExitInfo) -> Option<String> {
+        if let (Some(cg), Some(mb)) = (&self.cgroup, self.memory_mb)
+            && cg.oom_kills() > 0
+        {
+            return Some(format!("was OOM-killed: limits.memory = {mb} MB"));
+        }
+        if let Some(secs) = self.cpu_time
+            && matches!(exit.signal, Some(libc::SIGXCPU | libc::SIGKILL))
+            && (exit.signal == Some(libc::SIGXCPU) || exit.code.is_none())
+        {
+            return Some(format!(
+                "hit limits.cpuTime = {secs} s ({})",
+                exit.describe()
+            ));
+        }
+        None
+    }
 }
 
 /// Spawns the server with piped stdio in a new process group (pgid = pid).
-pub fn spawn(launch: &Launch) -> Result<Child, SpawnError> {
+pub fn spawn(
+    launch: &Launch,
+    sandbox: Option<&Policy>,
+    server: &str,
+    warn: &dyn Fn(&str),
+) -> Result<Spawned, SpawnError> {
     let path_var = launch.env.get("PATH").map(std::ffi::OsStr::new);
     let Some(program) = crate::launcher::find_program(&launch.program, path_var) else {
         return Err(match launch.package_manager {
@@ -83,10 +127,15 @@ pub fn spawn(launch: &Launch) -> Result<Child, SpawnError> {
             },
         });
     };
-    let mut cmd = Command::new(&program);
-    cmd.args(&launch.args)
-        .envs(&launch.env)
-        .stdin(Stdio::piped())
+    let (mut cmd, limits) = match sandbox {
+        None => {
+            let mut cmd = Command::new(&program);
+            cmd.args(&launch.args).envs(&launch.env);
+            (cmd, None)
+        }
+        Some(policy) => confined(launch, &program, policy, server, warn)?,
+    };
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -95,10 +144,113 @@ pub fn spawn(launch: &Launch) -> Result<Child, SpawnError> {
     if let Some(cwd) = &launch.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.spawn().map_err(|source| SpawnError::Io {
+    let child = cmd.spawn().map_err(|source| SpawnError::Io {
         program: launch.program.clone(),
         source,
-    })
+    })?;
+    Ok(Spawned { child, limits })
+}
+
+/// The command that starts the server through the sandbox shim.
+fn confined(
+    launch: &Launch,
+    program: &std::path::Path,
+    policy: &Policy,
+    server: &str,
+    warn: &dyn Fn(&str),
+) -> Result<(Command, Option<Confinement>), SpawnError> {
+    let mut policy = policy.clone();
+    let program = if policy.spawn {
+        program.to_path_buf()
+    } else {
+        real_program(launch, program)?
+    };
+    policy.allow_runtime(&program, &launch.args, launch.cwd.as_deref());
+    let mut cgroup = None;
+    if let Some(mb) = policy.memory_mb {
+        match Cgroup::create(server, mb) {
+            Ok(cg) => {
+                policy.cgroups.push(cg.dir().to_path_buf());
+                cgroup = Some(cg);
+            }
+            Err(reason) => {
+                warn(&format!(
+                    "limits.memory: no memory cgroup ({reason}); falling back to RLIMIT_AS, \
+                     which limits virtual memory (runtimes that reserve address space, like \
+                     Node, may fail to start)"
+                ));
+                policy.address_space = Some(mb.saturating_mul(1024 * 1024));
+            }
+        }
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| SpawnError::Sandbox(format!("cannot find the corral binary: {e}")))?;
+    let encoded = serde_json::to_string(&policy).map_err(|e| SpawnError::Sandbox(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(crate::sandbox::SHIM_ARG)
+        .arg(encoded)
+        .arg("--")
+        .arg(&program)
+        .args(&launch.args)
+        .env_clear()
+        .envs(policy.environment(std::env::vars(), &launch.env));
+    let limits = Confinement {
+        cgroup,
+        memory_mb: policy.memory_mb,
+        cpu_time: policy.cpu_time,
+    };
+    Ok((cmd, Some(limits)))
+}
+
+/// With `spawn: false` the server must be the process that runs: a launcher that starts it as
+/// a child (a package manager, a pyenv or asdf shim) would be refused by seccomp. Shims are
+/// resolved to the real binary; package managers cannot be.
+fn real_program(
+    launch: &Launch,
+    program: &std::path::Path,
+) -> Result<std::path::PathBuf, SpawnError> {
+    if let Some(pm) = &launch.package_manager {
+        return Err(SpawnError::Sandbox(format!(
+            "`spawn: false` cannot run a server through a package manager ({pm:?}): it starts \
+             the server as a child process, which the policy forbids. Install the package and \
+             use `command` with its entry point (e.g. `command: node`, `args: [path/to/index.js]`)"
+        )));
+    }
+    let text = program.to_string_lossy();
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manager = if text.contains("/.pyenv/shims/") {
+        Some("pyenv")
+    } else if text.contains("/.asdf/shims/") {
+        Some("asdf")
+    } else {
+        None
+    };
+    let Some(manager) = manager else {
+        return Ok(program.to_path_buf());
+    };
+    let out = std::process::Command::new(manager)
+        .args(["which", &name])
+        .envs(&launch.env)
+        .output()
+        .map_err(|e| {
+            SpawnError::Sandbox(format!(
+                "`{}` is a {manager} shim, which forks (refused under `spawn: false`), and \
+                 `{manager} which {name}` could not run: {e}",
+                program.display()
+            ))
+        })?;
+    let real = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || real.is_empty() {
+        return Err(SpawnError::Sandbox(format!(
+            "`{}` is a {manager} shim, which forks (refused under `spawn: false`), and \
+             `{manager} which {name}` found no real binary; use its absolute path as `command`",
+            program.display()
+        )));
+    }
+    Ok(std::path::PathBuf::from(real))
 }
 
 /// Sends `signal` to every process in the group. Returns false when the group is empty.

@@ -52,6 +52,8 @@ enum Proc {
     Local {
         child: Child,
         pgid: i32,
+        /// The sandbox limits it runs under, to name the one that ended it.
+        limits: Option<Box<process::Confinement>>,
     },
     Remote {
         task: tokio::task::JoinHandle<String>,
@@ -62,13 +64,17 @@ impl Proc {
     /// Resolves when the process exits or the remote connection ends for good.
     async fn ended(&mut self) -> (String, Option<ExitInfo>) {
         match self {
-            Proc::Local { child, .. } => {
+            Proc::Local { child, limits, .. } => {
                 let exit = child.wait().await.ok().map(ExitInfo::from_status);
-                (
+                let fired = limits
+                    .as_ref()
+                    .zip(exit.as_ref())
+                    .and_then(|(l, e)| l.fired(e));
+                let why = fired.unwrap_or_else(|| {
                     exit.as_ref()
-                        .map_or_else(|| "exited".to_string(), ExitInfo::describe),
-                    exit,
-                )
+                        .map_or_else(|| "exited".to_string(), ExitInfo::describe)
+                });
+                (why, exit)
             }
             Proc::Remote { task } => {
                 let why = task.await.unwrap_or_else(|e| e.to_string());
@@ -81,7 +87,7 @@ impl Proc {
     async fn stop(&mut self, conn: &Connection, grace: Duration) -> ExitInfo {
         conn.close_stdin().await;
         match self {
-            Proc::Local { child, pgid } => process::stop(child, *pgid, grace).await,
+            Proc::Local { child, pgid, .. } => process::stop(child, *pgid, grace).await,
             Proc::Remote { task } => {
                 if tokio::time::timeout(grace, &mut *task).await.is_err() {
                     task.abort();
@@ -264,11 +270,19 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
             (Proc::Remote { task: bridge.task }, conn)
         }
         None => {
-            let mut child = process::spawn(&cfg.launch).map_err(|e| match e {
-                SpawnError::PackageManagerMissing { .. }
-                | SpawnError::CommandMissing { .. }
-                | SpawnError::Io { .. } => LaunchError::Fatal(e.to_string()),
-            })?;
+            let log_to = server.clone();
+            let warn = move |msg: &str| {
+                tracing::warn!(server = %log_to.id(), "{msg}");
+                log_to.logs.push("corral", msg);
+            };
+            let spawned = process::spawn(&cfg.launch, cfg.sandbox.as_ref(), &cfg.id, &warn)
+                .map_err(|e| match e {
+                    SpawnError::PackageManagerMissing { .. }
+                    | SpawnError::CommandMissing { .. }
+                    | SpawnError::Io { .. }
+                    | SpawnError::Sandbox(_) => LaunchError::Fatal(e.to_string()),
+                })?;
+            let (mut child, limits) = (spawned.child, spawned.limits.map(Box::new));
             let pid = child.id().unwrap_or(0);
             {
                 let mut live = lock(&server.live);
@@ -296,6 +310,7 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
                 Proc::Local {
                     child,
                     pgid: pid as i32,
+                    limits,
                 },
                 conn,
             )
