@@ -322,3 +322,98 @@ async fn server_filesystem_works_confined_to_one_directory() {
     assert!(!shared.join("new.txt").exists());
     c.terminate().await;
 }
+
+/// A host HTTP server on 127.0.0.1 answering every request with `body`.
+fn web_server(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_hosts_lets_one_target_through_and_no_other() {
+    let a = web_server("site-A");
+    let b = web_server("site-B");
+    let yaml = format!(
+        "servers:\n{}",
+        boxed(
+            "web",
+            &format!("permissions: {{allowedHosts: [\"localhost:{a}\", \"named.invalid\"]}}")
+        )
+    );
+    let c = Corral::start(&yaml, &[]).await;
+    // A client that honours HTTP(S)_PROXY: plain HTTP, and a CONNECT tunnel as HTTPS uses.
+    let out = attempt(&c, "web", "http", &format!("http://localhost:{a}/")).await;
+    assert_eq!(out, "ALLOWED: 200 site-A");
+    assert_eq!(
+        attempt(&c, "web", "tunnel", &format!("localhost:{a}")).await,
+        "ALLOWED: site-A"
+    );
+    let out = attempt(&c, "web", "http", &format!("http://localhost:{b}/")).await;
+    assert!(out.contains("403"), "another local target: {out}");
+    let out = attempt(&c, "web", "tunnel", &format!("localhost:{b}")).await;
+    assert!(out.contains("403"), "{out}");
+    let out = attempt(&c, "web", "http", &format!("http://127.0.0.1:{a}/")).await;
+    assert!(out.contains("403"), "the allowed target by raw IP: {out}");
+    // Node's fetch ignores proxy variables: the listed loopback target still works, nothing
+    // else is reachable.
+    let out = attempt(&c, "web", "node_fetch", &format!("http://localhost:{a}/")).await;
+    assert_eq!(out, "ALLOWED: 200 site-A");
+    for url in [
+        format!("http://localhost:{b}/"),
+        format!("http://127.0.0.1:{b}/"),
+    ] {
+        let out = attempt(&c, "web", "node_fetch", &url).await;
+        assert!(!allowed(&out), "{url}: {out}");
+    }
+    let out = attempt(&c, "web", "tcp", &format!("127.0.0.1:{b}")).await;
+    assert!(!allowed(&out), "a raw socket: {out}");
+    // Transparent mode for named hosts: the sandbox's DNS answers only listed names, each
+    // with a loopback address whose connections go to the proxy as that name.
+    let out = attempt(&c, "web", "resolve", "named.invalid").await;
+    assert!(out.starts_with("ALLOWED: 127.1."), "{out}");
+    let out = attempt(&c, "web", "resolve", "unlisted.invalid").await;
+    assert!(!allowed(&out), "{out}");
+    let out = attempt(&c, "web", "node_fetch", "http://named.invalid/").await;
+    assert!(
+        !allowed(&out),
+        "the name does not exist outside either: {out}"
+    );
+    // Every refusal is logged with the server and the host.
+    let (_, logs) = c.get("/logs?name=web&lines=200").await;
+    let text = logs.to_string();
+    assert!(
+        text.contains(&format!("localhost:{b} is not in allowedHosts")),
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot resolve named.invalid"),
+        "the transparent connection reached the proxy as the name: {text}"
+    );
+    assert!(
+        text.contains("`unlisted.invalid` refused"),
+        "refused lookups are logged: {text}"
+    );
+    c.terminate().await;
+}

@@ -131,7 +131,7 @@ fn unenforceable_permissions_are_refused_with_their_location() {
     let d = diag(
         load_text(
             "c.yaml",
-            "servers:\n  a:\n    command: echo\n    permissions: {allowedHosts: [api.example.com]}\n",
+            "servers:\n  a:\n    command: echo\n    permissions: {network: false, allowedHosts: [api.example.com]}\n",
         )
         .unwrap_err(),
     );

@@ -16,6 +16,8 @@
 
 pub mod cgroup;
 pub mod doctor;
+pub mod egress;
+mod forward;
 pub mod shim;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,12 @@ const CORRAL_SECRETS: &[&str] = &["CORRAL_TOKEN", "CORRAL_API_TOKEN"];
 pub struct Policy {
     /// `false`: an empty network namespace (only `lo`).
     pub network: bool,
+    /// With `network`: the only hosts reachable, through Corral's egress proxy (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// The egress proxy's unix socket (set at spawn when `allowed_hosts` is not empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_socket: Option<PathBuf>,
     /// `None`: no filesystem restriction beyond the private `/tmp`, `/run` and `/proc`.
     pub fs: Option<FsPolicy>,
     /// `false`: only PATH, HOME (private), LANG, TERM and the server's own `env`.
@@ -108,10 +116,15 @@ impl Policy {
                     .into(),
             ));
         }
-        if p.allowed_hosts.as_ref().is_some_and(|h| !h.is_empty()) {
+        let allowed_hosts = p.allowed_hosts.clone().unwrap_or_default();
+        for entry in &allowed_hosts {
+            egress::HostRule::parse(entry)
+                .map_err(|e| PolicyError::Unsupported(format!("allowedHosts: {e}")))?;
+        }
+        if p.network == Some(false) && !allowed_hosts.is_empty() {
             return Err(PolicyError::Unsupported(
-                "`allowedHosts` (network only through Corral's allow-list proxy) is not enforced \
-                 by this version; use `network: false`, or `network: true` without allowedHosts"
+                "`allowedHosts` lists what the network may reach, but `network: false` forbids \
+                 any network: remove one of them"
                     .into(),
             ));
         }
@@ -155,6 +168,8 @@ impl Policy {
         };
         Ok(Some(Policy {
             network: p.network.unwrap_or(true),
+            allowed_hosts,
+            egress_socket: None,
             fs,
             env: p.env.unwrap_or(true),
             own_env,
@@ -164,6 +179,11 @@ impl Policy {
             cgroups: Vec::new(),
             address_space: None,
         }))
+    }
+
+    /// Network only through the egress proxy.
+    pub fn egress(&self) -> bool {
+        self.network && !self.allowed_hosts.is_empty()
     }
 
     /// Adds the trees the server's runtime needs to read: its program's installation and any
@@ -207,6 +227,14 @@ impl Policy {
         };
         if !self.env {
             out.push(("HOME".into(), shim::PRIVATE_HOME.into()));
+        }
+        if self.egress() {
+            let proxy = format!("http://127.0.0.1:{}", shim::PROXY_PORT);
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                out.retain(|(key, _)| key != k);
+                out.push((k.into(), proxy.clone()));
+            }
+            out.retain(|(key, _)| !key.eq_ignore_ascii_case("no_proxy"));
         }
         for (k, v) in own {
             out.retain(|(key, _)| key != k);
@@ -322,11 +350,26 @@ mod tests {
     }
 
     #[test]
-    fn allowed_hosts_is_refused_rather_than_ignored() {
+    fn allowed_hosts_are_checked_and_turn_on_the_proxy() {
         let own = perms(|p| p.allowed_hosts = Some(vec!["api.example.com".into()]));
+        let policy = Policy::from_config(Some(&own), None, None, None, Path::new("/"), vec![])
+            .unwrap()
+            .unwrap();
+        assert!(policy.egress());
+        let env = policy.environment(std::iter::empty(), &Default::default());
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "HTTPS_PROXY" && v.starts_with("http://127.0.0.1:"))
+        );
+        let both = perms(|p| {
+            p.network = Some(false);
+            p.allowed_hosts = Some(vec!["api.example.com".into()]);
+        });
         let err =
-            Policy::from_config(Some(&own), None, None, None, Path::new("/"), vec![]).unwrap_err();
-        assert!(err.to_string().contains("allowedHosts"), "{err}");
+            Policy::from_config(Some(&both), None, None, None, Path::new("/"), vec![]).unwrap_err();
+        assert!(err.to_string().contains("network: false"), "{err}");
+        let bad = perms(|p| p.allowed_hosts = Some(vec!["https://x/".into()]));
+        assert!(Policy::from_config(Some(&bad), None, None, None, Path::new("/"), vec![]).is_err());
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::{FsPolicy, Policy};
+use super::{FsPolicy, Policy, forward};
+pub use forward::PROXY_PORT;
 
 /// The private home of a server started with `env: false`, inside its private `/tmp`.
 pub const PRIVATE_HOME: &str = "/tmp/home";
@@ -74,17 +75,23 @@ fn run(policy: &Policy, program: &str, argv: &[String]) -> Result<(), Step> {
     if !root {
         enter_user_namespace()?;
     }
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if !policy.network {
-        flags |= libc::CLONE_NEWNET;
+    let isolated_net = !policy.network || policy.egress();
+    if isolated_net {
+        // SAFETY: unshare takes flags only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(errno("unshare(network namespace)"));
+        }
+        loopback_up()?;
+    }
+    match (&policy.egress_socket, policy.egress()) {
+        (Some(socket), true) => forward::start(forward::Forwarder::bind(policy, socket)?)?,
+        (None, true) => return Err(("egress", "no proxy socket was given".into())),
+        _ => {}
     }
     // SAFETY: unshare takes flags only.
-    if unsafe { libc::unshare(flags) } != 0 {
-        return Err(errno("unshare(mount, pid, ipc, uts, net namespaces)"));
+    if unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) } != 0 {
+        return Err(errno("unshare(pid, ipc, uts namespaces)"));
     }
-    // Kept open across the mounts: allowed paths under /tmp are bound back from these.
-    let under_tmp = open_paths_under_tmp(policy)?;
     // SAFETY: fork in a single-threaded process (no runtime exists yet).
     let child = unsafe { libc::fork() };
     if child < 0 {
@@ -93,21 +100,34 @@ fn run(policy: &Policy, program: &str, argv: &[String]) -> Result<(), Step> {
     if child > 0 {
         wait_and_mirror(child);
     }
-    // The child: PID 1 of the new pid namespace.
+    // The child: PID 1 of the new pid namespace, in a mount namespace of its own.
     // SAFETY: as above; the parent's death must take the server with it.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    private_mounts(&under_tmp)?;
-    if !policy.network {
-        loopback_up()?;
+    // SAFETY: unshare takes flags only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(errno("unshare(mount namespace)"));
     }
+    // Opened in this mount namespace (a bind mount cannot take its source from another) and
+    // before the private /tmp covers them: allowed paths under /tmp are bound back from these.
+    let under_tmp = open_paths_under_tmp(policy)?;
+    private_mounts(&under_tmp, policy.egress())?;
     let name = b"corral-sandbox";
     // SAFETY: the pointer and length describe `name`.
     unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if let Some(fs) = &policy.fs {
-        apply_landlock(fs, policy.network, !under_tmp.is_empty())?;
-    } else if !policy.network {
-        // Defence in depth for the network namespace: no TCP at all.
-        let _ = landlock_network_only();
+    let net = if !policy.network {
+        NetRule::Closed
+    } else if let Some(ports) = forward::ports(policy) {
+        NetRule::Ports(ports)
+    } else {
+        NetRule::Open
+    };
+    match &policy.fs {
+        Some(fs) => apply_landlock(fs, &net, !under_tmp.is_empty())?,
+        // Defence in depth for the network namespace.
+        None if net != NetRule::Open => {
+            let _ = landlock_network_only(&net);
+        }
+        None => {}
     }
     drop_capabilities()?;
     // SAFETY: prctl with constant arguments.
@@ -251,7 +271,7 @@ fn mount(
 }
 
 /// A private `/proc` (this pid namespace only), `/tmp`, `/run` and `/var/run`.
-fn private_mounts(under_tmp: &[(PathBuf, std::fs::File)]) -> Result<(), Step> {
+fn private_mounts(under_tmp: &[(PathBuf, std::fs::File)], egress: bool) -> Result<(), Step> {
     let step = |e: String| ("mounting the private filesystem view", e);
     mount(
         "none",
@@ -285,12 +305,37 @@ fn private_mounts(under_tmp: &[(PathBuf, std::fs::File)]) -> Result<(), Step> {
         }
     }
     std::fs::create_dir_all(PRIVATE_HOME).map_err(|e| step(e.to_string()))?;
+    if egress {
+        point_dns_at_the_forwarder().map_err(step)?;
+    }
     for (path, file) in under_tmp {
         std::fs::create_dir_all(path).map_err(|e| step(format!("{}: {e}", path.display())))?;
         let from = format!("/proc/self/fd/{}", file.as_raw_fd());
         mount(&from, path, "", libc::MS_BIND | libc::MS_REC, "").map_err(step)?;
     }
     Ok(())
+}
+
+/// The sandbox resolves names through the egress forwarder: its own `resolv.conf`.
+fn point_dns_at_the_forwarder() -> Result<(), String> {
+    let etc = Path::new("/etc/resolv.conf");
+    // systemd hosts link it into /run, which is private now: write the file where it points.
+    if let Ok(target) = std::fs::read_link(etc) {
+        let target = if target.is_absolute() {
+            target
+        } else {
+            Path::new("/etc").join(target)
+        };
+        if target.starts_with("/run") {
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            return std::fs::write(&target, forward::RESOLV_CONF).map_err(|e| e.to_string());
+        }
+    }
+    let ours = Path::new("/run/corral-resolv.conf");
+    std::fs::write(ours, forward::RESOLV_CONF).map_err(|e| e.to_string())?;
+    mount(&ours.display().to_string(), etc, "", libc::MS_BIND, "")
 }
 
 /// Brings up `lo` in the new network namespace (it starts down).
@@ -335,7 +380,7 @@ const PRIVATE_SCRATCH: &str = "/tmp/scratch";
 /// `rebound`: allowed paths live under the private `/tmp`, so `/tmp` as a whole cannot be
 /// granted (Landlock rules cover everything beneath a path, bind mounts included); the server
 /// gets a scratch directory and its home there instead.
-fn apply_landlock(fs: &FsPolicy, network: bool, rebound: bool) -> Result<(), Step> {
+fn apply_landlock(fs: &FsPolicy, net: &NetRule, rebound: bool) -> Result<(), Step> {
     use landlock::{
         ABI, Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr,
         RulesetCreatedAttr, RulesetStatus, Scope,
@@ -345,7 +390,7 @@ fn apply_landlock(fs: &FsPolicy, network: bool, rebound: bool) -> Result<(), Ste
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
         .map_err(step)?;
-    if !network {
+    if *net != NetRule::Open {
         ruleset = ruleset
             .handle_access(AccessNet::from_all(abi))
             .map_err(step)?;
@@ -401,6 +446,13 @@ fn apply_landlock(fs: &FsPolicy, network: bool, rebound: bool) -> Result<(), Ste
             .add_rule(PathBeneath::new(fd, access))
             .map_err(step)?;
     }
+    if let NetRule::Ports(ports) = net {
+        for port in ports {
+            created = created
+                .add_rule(landlock::NetPort::new(*port, AccessNet::ConnectTcp))
+                .map_err(step)?;
+        }
+    }
     let status = created.restrict_self().map_err(step)?;
     if status.ruleset == RulesetStatus::NotEnforced {
         return Err((
@@ -413,17 +465,38 @@ fn apply_landlock(fs: &FsPolicy, network: bool, rebound: bool) -> Result<(), Ste
     Ok(())
 }
 
-/// Landlock's TCP rules alone: no bind, no connect (kernels with ABI ≥ 4; a no-op before).
-fn landlock_network_only() -> Result<(), Step> {
-    use landlock::{ABI, Access, AccessNet, Ruleset, RulesetAttr};
+/// What Landlock's TCP rules allow (kernels with ABI ≥ 4; not enforced before, where the
+/// network namespace stands alone).
+#[derive(Debug, Clone, PartialEq)]
+enum NetRule {
+    Open,
+    /// No bind, no connect.
+    Closed,
+    /// Connect only to these ports (the egress forwarder's), no bind.
+    Ports(Vec<u16>),
+}
+
+/// Landlock's TCP rules alone, for a sandbox without filesystem rules.
+fn landlock_network_only(net: &NetRule) -> Result<(), Step> {
+    use landlock::{
+        ABI, Access, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
+    };
     let step = |e: landlock::RulesetError| ("Landlock (network)", e.to_string());
-    Ruleset::default()
+    let mut created = Ruleset::default()
         .handle_access(AccessNet::from_all(ABI::V4))
         .map_err(step)?
-        .create()
+        .scope(Scope::from_all(ABI::V6))
         .map_err(step)?
-        .restrict_self()
+        .create()
         .map_err(step)?;
+    if let NetRule::Ports(ports) = net {
+        for port in ports {
+            created = created
+                .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
+                .map_err(step)?;
+        }
+    }
+    created.restrict_self().map_err(step)?;
     Ok(())
 }
 

@@ -75,6 +75,9 @@ pub enum SpawnError {
     Sandbox(String),
 }
 
+/// Where a server's sandbox reports (warnings, denied connections): its log ring.
+pub type Log = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A spawned server process, with what confines it.
 pub struct Spawned {
     pub child: Child,
@@ -84,6 +87,8 @@ pub struct Spawned {
 /// The limits a sandboxed server runs under, to explain its exit.
 pub struct Confinement {
     pub cgroup: Option<Cgroup>,
+    /// The `allowedHosts` proxy; it lives as long as the server.
+    pub egress: Option<crate::sandbox::egress::EgressProxy>,
     pub memory_mb: Option<u64>,
     pub cpu_time: Option<u64>,
 }
@@ -114,7 +119,7 @@ pub fn spawn(
     launch: &Launch,
     sandbox: Option<&Policy>,
     server: &str,
-    warn: &dyn Fn(&str),
+    log: &Log,
 ) -> Result<Spawned, SpawnError> {
     let path_var = launch.env.get("PATH").map(std::ffi::OsStr::new);
     let Some(program) = crate::launcher::find_program(&launch.program, path_var) else {
@@ -133,7 +138,7 @@ pub fn spawn(
             cmd.args(&launch.args).envs(&launch.env);
             (cmd, None)
         }
-        Some(policy) => confined(launch, &program, policy, server, warn)?,
+        Some(policy) => confined(launch, &program, policy, server, log)?,
     };
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -157,7 +162,7 @@ fn confined(
     program: &std::path::Path,
     policy: &Policy,
     server: &str,
-    warn: &dyn Fn(&str),
+    log: &Log,
 ) -> Result<(Command, Option<Confinement>), SpawnError> {
     let mut policy = policy.clone();
     let program = if policy.spawn {
@@ -174,7 +179,7 @@ fn confined(
                 cgroup = Some(cg);
             }
             Err(reason) => {
-                warn(&format!(
+                log(&format!(
                     "limits.memory: no memory cgroup ({reason}); falling back to RLIMIT_AS, \
                      which limits virtual memory (runtimes that reserve address space, like \
                      Node, may fail to start)"
@@ -182,6 +187,18 @@ fn confined(
                 policy.address_space = Some(mb.saturating_mul(1024 * 1024));
             }
         }
+    }
+    let mut egress = None;
+    if policy.egress() {
+        let rules = policy
+            .allowed_hosts
+            .iter()
+            .filter_map(|h| crate::sandbox::egress::HostRule::parse(h).ok())
+            .collect();
+        let proxy = crate::sandbox::egress::start(server, rules, log.clone())
+            .map_err(|e| SpawnError::Sandbox(format!("cannot start the egress proxy: {e}")))?;
+        policy.egress_socket = Some(proxy.path().to_path_buf());
+        egress = Some(proxy);
     }
     let exe = std::env::current_exe()
         .map_err(|e| SpawnError::Sandbox(format!("cannot find the corral binary: {e}")))?;
@@ -196,6 +213,7 @@ fn confined(
         .envs(policy.environment(std::env::vars(), &launch.env));
     let limits = Confinement {
         cgroup,
+        egress,
         memory_mb: policy.memory_mb,
         cpu_time: policy.cpu_time,
     };

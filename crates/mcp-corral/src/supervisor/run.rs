@@ -270,12 +270,14 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
             (Proc::Remote { task: bridge.task }, conn)
         }
         None => {
-            let log_to = server.clone();
-            let warn = move |msg: &str| {
-                tracing::warn!(server = %log_to.id(), "{msg}");
-                log_to.logs.push("corral", msg);
-            };
-            let spawned = process::spawn(&cfg.launch, cfg.sandbox.as_ref(), &cfg.id, &warn)
+            let log_to = Arc::downgrade(server);
+            let log: process::Log = Arc::new(move |msg: &str| {
+                if let Some(s) = log_to.upgrade() {
+                    tracing::warn!(server = %s.id(), "{msg}");
+                    s.logs.push("corral", msg);
+                }
+            });
+            let spawned = process::spawn(&cfg.launch, cfg.sandbox.as_ref(), &cfg.id, &log)
                 .map_err(|e| match e {
                     SpawnError::PackageManagerMissing { .. }
                     | SpawnError::CommandMissing { .. }
