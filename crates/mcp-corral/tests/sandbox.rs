@@ -249,6 +249,13 @@ async fn limits_fire_and_say_which() {
     let out = attempt(&c, "slow", "sleep", "30").await;
     assert!(out.contains("limits.timeout"), "{out}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    let (_, logs) = c.get("/logs?name=slow&lines=50").await;
+    assert!(
+        logs.to_string().contains("a call hit limits.timeout (1 s)"),
+        "the server's log says which limit fired: {logs}"
+    );
+    let (_, logs) = c.get("/logs?name=hog&lines=50").await;
+    assert!(logs.to_string().contains("OOM-killed"), "{logs}");
     c.terminate().await;
 }
 

@@ -832,4 +832,11 @@ impl Events for ConnEvents {
             server.logs.push("stdout", line);
         }
     }
+
+    fn limit_fired(&self, server_id: &str, what: &str) {
+        tracing::warn!(server = %server_id, "{what}");
+        if let Some(server) = self.server.upgrade() {
+            server.logs.push("corral", what);
+        }
+    }
 }

@@ -37,6 +37,8 @@ pub trait Events: Send + Sync + 'static {
     fn notification(&self, server: &str, method: &str, params: Option<&RawValue>);
     /// A line on stdout that is not JSON-RPC: kept in the server's log.
     fn stray_output(&self, server: &str, line: &str);
+    /// A limit Corral enforces on the connection fired (a call hit `limits.timeout`).
+    fn limit_fired(&self, server: &str, what: &str);
     /// A request from the server to a client (`sampling/createMessage`, `elicitation/create`,
     /// `roots/list`, …). The receiver must answer it through [`ServerRequest::respond`].
     fn server_request(&self, request: ServerRequest);
@@ -134,6 +136,8 @@ pub struct Connection {
     /// For a server on the stateless revision (2026-07-28): the `_meta` members every request
     /// carries (protocol version, client info, capabilities), since there is no handshake.
     envelope: std::sync::OnceLock<serde_json::Map<String, serde_json::Value>>,
+    /// Where timeouts are reported (the server's log).
+    events: Arc<dyn Events>,
 }
 
 /// A call in flight; await `reply`, or cancel by `id`.
@@ -174,6 +178,7 @@ impl Connection {
                 sweep_armed: std::sync::atomic::AtomicBool::new(false),
                 sweep: tokio::sync::Notify::new(),
                 envelope: std::sync::OnceLock::new(),
+                events: events.clone(),
             }
         });
         tokio::spawn(sweep_deadlines(Arc::downgrade(&conn)));
@@ -340,6 +345,11 @@ impl Connection {
                 after,
             };
             self.end_call(id, error, "timed out in Corral (limits.timeout)");
+            let what = format!(
+                "a call hit limits.timeout ({} s); the server was told to cancel it",
+                after.as_secs()
+            );
+            self.events.limit_fired(&self.server, &what);
         }
         waiting
     }
