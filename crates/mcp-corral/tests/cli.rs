@@ -158,3 +158,40 @@ async fn ls_status_tools_call_logs_and_stop_work_against_a_running_corral() {
     let _ = u;
     c.terminate().await;
 }
+
+#[test]
+fn doctor_reports_each_mechanism_and_what_each_permission_becomes() {
+    let o = corral(&["doctor", "--json"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let mechanisms: Vec<&str> = v["mechanisms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["mechanism"].as_str())
+        .collect();
+    for m in [
+        "Landlock",
+        "seccomp-bpf",
+        "user namespaces",
+        "memory cgroup",
+        "Docker API",
+    ] {
+        assert!(mechanisms.contains(&m), "{m} missing: {v}");
+    }
+    let permissions = v["permissions"].to_string();
+    for p in [
+        "allowedPaths",
+        "network: false",
+        "allowedHosts",
+        "spawn: false",
+        "limits.memory",
+    ] {
+        assert!(permissions.contains(p), "{p} missing: {v}");
+    }
+    let table = stdout(&corral(&["doctor"], None));
+    assert!(
+        table.starts_with("MECHANISM") && table.contains("PERMISSION"),
+        "{table}"
+    );
+}
