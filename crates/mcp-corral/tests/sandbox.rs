@@ -260,6 +260,42 @@ async fn limits_fire_and_say_which() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_lives_under_tmp_still_starts() {
+    // Every sandbox gets a private /tmp: the server's own script there must stay reachable,
+    // with and without filesystem rules.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("escape.py");
+    std::fs::copy(escape(), &script).unwrap();
+    let data = tempfile::tempdir_in("/var/tmp").unwrap();
+    let entry = |id: &str, policy: &str| {
+        format!(
+            "  {id}:\n    command: /usr/bin/python3\n    args: [\"-u\", \"{}\"]\n    permissions: {policy}\n",
+            script.display()
+        )
+    };
+    let yaml = format!(
+        "servers:\n{}{}",
+        entry("plain", "{network: false}"),
+        entry(
+            "ruled",
+            &format!(
+                "{{fsWrite: false, allowedPaths: [\"{}\"]}}",
+                data.path().display()
+            )
+        ),
+    );
+    let c = Corral::start(&yaml, &[]).await;
+    for id in ["plain", "ruled"] {
+        assert_eq!(
+            attempt(&c, id, "thread", "").await,
+            "ALLOWED: thread ran",
+            "{id}"
+        );
+    }
+    c.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_double_forked_grandchild_dies_with_its_server() {
     let yaml = format!(
         "servers:\n{}",

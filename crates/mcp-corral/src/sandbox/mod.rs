@@ -62,6 +62,10 @@ pub struct Policy {
     /// RLIMIT_AS in bytes, when no memory cgroup is available (set at spawn).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_space: Option<u64>,
+    /// What the server's own launch needs (its program, scripts, working directory): bound back
+    /// into the private `/tmp` when it lives there (set at spawn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_paths: Vec<PathBuf>,
 }
 
 /// The filesystem a sandboxed server sees through Landlock.
@@ -178,6 +182,7 @@ impl Policy {
             memory_mb,
             cgroups: Vec::new(),
             address_space: None,
+            launch_paths: Vec::new(),
         }))
     }
 
@@ -189,7 +194,6 @@ impl Policy {
     /// Adds the trees the server's runtime needs to read: its program's installation and any
     /// script or package named by absolute path in its arguments, and its working directory.
     pub fn allow_runtime(&mut self, program: &Path, args: &[String], cwd: Option<&Path>) {
-        let Some(fs) = &mut self.fs else { return };
         let mut extra = vec![install_root(program)];
         for arg in args {
             let p = Path::new(arg);
@@ -201,10 +205,16 @@ impl Policy {
             extra.push(cwd.to_path_buf());
         }
         for path in extra {
-            if let Ok(real) = path.canonicalize()
+            let Ok(real) = path.canonicalize() else {
+                continue;
+            };
+            if let Some(fs) = &mut self.fs
                 && !fs.read.contains(&real)
             {
-                fs.read.push(real);
+                fs.read.push(real.clone());
+            }
+            if !self.launch_paths.contains(&real) {
+                self.launch_paths.push(real);
             }
         }
     }

@@ -191,17 +191,20 @@ fn enter_user_namespace() -> Result<(), Step> {
 
 /// Allowed paths below `/tmp`, opened before the private `/tmp` covers them.
 fn open_paths_under_tmp(policy: &Policy) -> Result<Vec<(PathBuf, std::fs::File)>, Step> {
-    let Some(fs) = &policy.fs else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for p in fs.read.iter().chain(&fs.write) {
+    let allowed = policy
+        .fs
+        .iter()
+        .flat_map(|fs| fs.read.iter().chain(&fs.write));
+    let mut out: Vec<(PathBuf, std::fs::File)> = Vec::new();
+    for p in allowed.chain(&policy.launch_paths) {
         if p.starts_with("/tmp") && !out.iter().any(|(q, _)| q == p) {
             let f = std::fs::File::open(p)
                 .map_err(|e| ("opening an allowed path", format!("{}: {e}", p.display())))?;
             out.push((p.clone(), f));
         }
     }
+    // Parents first, so a nested path is bound inside its parent's bind, not hidden by it.
+    out.sort_by_key(|(p, _)| p.components().count());
     Ok(out)
 }
 
@@ -309,7 +312,16 @@ fn private_mounts(under_tmp: &[(PathBuf, std::fs::File)], egress: bool) -> Resul
         point_dns_at_the_forwarder().map_err(step)?;
     }
     for (path, file) in under_tmp {
-        std::fs::create_dir_all(path).map_err(|e| step(format!("{}: {e}", path.display())))?;
+        let is_dir = file.metadata().is_ok_and(|m| m.is_dir());
+        let made = if is_dir {
+            std::fs::create_dir_all(path)
+        } else {
+            // A file is bound onto a file.
+            path.parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(path).map(drop))
+        };
+        made.map_err(|e| step(format!("{}: {e}", path.display())))?;
         let from = format!("/proc/self/fd/{}", file.as_raw_fd());
         mount(&from, path, "", libc::MS_BIND | libc::MS_REC, "").map_err(step)?;
     }
