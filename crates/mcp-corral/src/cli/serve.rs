@@ -30,6 +30,26 @@ pub struct ServeArgs {
     token: Option<String>,
 }
 
+/// The embedded defaults come with Corral's own tool sets: `run_code` (the `corral sandbox`
+/// server, started on first use).
+fn with_builtin_tools(mut config: Config) -> Config {
+    let Ok(exe) = std::env::current_exe() else {
+        return config;
+    };
+    let spec = crate::config::model::ServerSpec {
+        id: Some("sandbox".into()),
+        name: Some("run_code (WebAssembly sandbox)".into()),
+        command: Some(exe.display().to_string()),
+        args: vec!["sandbox".into()],
+        ..Default::default()
+    };
+    match config::server_from_spec(spec, &config) {
+        Ok(server) => config.servers.push(server),
+        Err(e) => tracing::warn!("built-in run_code tool set unavailable: {e}"),
+    }
+    config
+}
+
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let files = if args.configs.is_empty() {
         config::DEFAULT_FILES
@@ -42,7 +62,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         args.configs.clone()
     };
     let config = if files.is_empty() {
-        Config::embedded_default()
+        with_builtin_tools(Config::embedded_default())
     } else {
         config::load(&files).map_err(|e| CliError::Config(e.to_string()))?
     };
