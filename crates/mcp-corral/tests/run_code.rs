@@ -19,6 +19,8 @@ fn xdg() -> &'static std::path::Path {
         let out = Command::new(BIN)
             .args(["runtimes", "install", "python", "quickjs"])
             .env("XDG_CACHE_HOME", &dir)
+            // The fixtures' venv always has pip, whatever the system Python lacks.
+            .env("CORRAL_PYTHON", venv_bin("python"))
             .output()
             .unwrap();
         assert!(
