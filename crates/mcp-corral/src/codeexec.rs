@@ -118,7 +118,16 @@ pub async fn run(
     slots: &Arc<tokio::sync::Semaphore>,
     req: Request,
 ) -> Result<Outcome, String> {
-    if WAITING.load(std::sync::atomic::Ordering::Relaxed) > MAX_QUEUED {
+    use std::sync::atomic::Ordering;
+    /// Decrements the count however the run ends.
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            WAITING.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _counted = Counted;
+    if WAITING.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
         return Err("busy: too many runs waiting; try again shortly".into());
     }
     let _permit = slots
@@ -221,10 +230,7 @@ async fn answer(
                     );
                 }
             };
-            WAITING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let outcome = run(sandbox, slots, req).await;
-            WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            match outcome {
+            match run(sandbox, slots, req).await {
                 Ok(o) => Ok(result(&o)),
                 Err(msg) => {
                     Ok(json!({"content": [{"type": "text", "text": msg}], "isError": true}))

@@ -64,21 +64,7 @@ async fn over_http(yaml: &str, mode: &str, behind: &str) {
 }
 
 fn over_stdio(yaml: &str, mode: &str, behind: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("corral.yaml");
-    std::fs::write(
-        &cfg,
-        format!("{yaml}stateDir: {}/state\n", dir.path().display()),
-    )
-    .unwrap();
-    let front = [
-        "stdio".into(),
-        BIN.into(),
-        "serve".into(),
-        "--stdio".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ];
+    let (_dir, front) = stdio_front(yaml);
     check(&run(mode, behind, &front), mode, behind);
 }
 

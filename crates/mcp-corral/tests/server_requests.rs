@@ -40,25 +40,8 @@ async fn sampling_elicitation_and_roots_round_trip_over_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sampling_elicitation_and_roots_round_trip_over_stdio() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("corral.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}stateDir: {}/state\n",
-            everything_yaml(false),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = run_python(&[
-        "stdio".into(),
-        BIN.into(),
-        "serve".into(),
-        "--stdio".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ]);
+    let (_dir, front) = stdio_front(&everything_yaml(false));
+    let out = run_python(&front);
     check(&out);
 }
 
@@ -111,25 +94,8 @@ async fn typescript_client_answers_server_requests_over_http() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn typescript_client_answers_server_requests_over_stdio() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("corral.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}stateDir: {}/state\n",
-            everything_yaml(false),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    check_typescript(&run_typescript(&[
-        "stdio".into(),
-        BIN.into(),
-        "serve".into(),
-        "--stdio".into(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ]));
+    let (_dir, front) = stdio_front(&everything_yaml(false));
+    check_typescript(&run_typescript(&front));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -365,17 +365,7 @@ impl Gateway {
                     Ok(h) => h,
                     Err(e) => return Some(jsonrpc::error(Some(id), e.code(), &e.to_string())),
                 };
-            lock(&self.inflight).insert(
-                key.clone(),
-                UpstreamCall {
-                    conn: conn.clone(),
-                    id: handle.id,
-                    sink: call_sink.cloned(),
-                    input: None,
-                },
-            );
-            let outcome = handle.reply.await;
-            lock(&self.inflight).remove(&key);
+            let outcome = self.await_in_flight(&key, &conn, handle, call_sink).await;
             let asked = match &outcome {
                 Ok(Ok(Reply::Result(r))) => input_required(r.get()),
                 _ => None,

@@ -1179,6 +1179,19 @@ impl Gateway {
             return self.finish_exchange(session, id, ex, call_sink).await;
         }
         let key = (session.id, id.get().to_string());
+        let outcome = self.await_in_flight(&key, &conn, handle, call_sink).await;
+        reply_to_response(outcome, id, server, method, timeout)
+    }
+
+    /// Awaits a call's reply while it is listed in flight under the caller's key, so the
+    /// caller's `notifications/cancelled` and the server's requests can find it.
+    async fn await_in_flight(
+        &self,
+        key: &CallKey,
+        conn: &Arc<Connection>,
+        handle: crate::upstream::CallHandle,
+        call_sink: Option<&Sink>,
+    ) -> Result<Result<jsonrpc::Reply, CallError>, tokio::sync::oneshot::error::RecvError> {
         lock(&self.inflight).insert(
             key.clone(),
             UpstreamCall {
@@ -1189,8 +1202,8 @@ impl Gateway {
             },
         );
         let outcome = handle.reply.await;
-        lock(&self.inflight).remove(&key);
-        reply_to_response(outcome, id, server, method, timeout)
+        lock(&self.inflight).remove(key);
+        outcome
     }
 }
 

@@ -192,15 +192,7 @@ pub fn error_object(code: i64, message: &str) -> Box<RawValue> {
 
 /// `{"jsonrpc":"2.0","method":<m>,"params":<raw>}`
 pub fn notification_raw(method: &str, params: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + params.map_or(0, str::len));
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":");
-    push_quoted(&mut out, method);
-    if let Some(p) = params {
-        out.extend_from_slice(b",\"params\":");
-        out.extend_from_slice(p.as_bytes());
-    }
-    out.push(b'}');
-    out
+    message_raw(None, method, params)
 }
 
 /// Appends `s` as a JSON string. MCP method names are plain ASCII (`tools/call`), which needs no
@@ -219,10 +211,19 @@ fn push_quoted(out: &mut Vec<u8>, s: &str) {
 
 /// `{"jsonrpc":"2.0","id":<id>,"method":<m>,"params":<raw>}`
 pub fn request_raw(id: &str, method: &str, params: Option<&str>) -> Vec<u8> {
+    message_raw(Some(id), method, params)
+}
+
+/// A request (with an id) or a notification, params spliced in raw.
+fn message_raw(id: Option<&str>, method: &str, params: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(80 + params.map_or(0, str::len));
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-    out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(b",\"method\":");
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",");
+    if let Some(id) = id {
+        out.extend_from_slice(b"\"id\":");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"method\":");
     push_quoted(&mut out, method);
     if let Some(p) = params {
         out.extend_from_slice(b",\"params\":");

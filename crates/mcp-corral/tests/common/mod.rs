@@ -357,6 +357,24 @@ impl StdioPeer {
     }
 }
 
+/// Arguments for a client script that launches Corral itself over stdio (`stdio BIN serve
+/// --stdio --config FILE`), with `yaml` written to a fresh directory that the guard keeps.
+pub fn stdio_front(yaml: &str) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("corral.yaml");
+    std::fs::write(
+        &cfg,
+        format!("{yaml}stateDir: {}/state\n", dir.path().display()),
+    )
+    .unwrap();
+    let args = ["stdio", BIN, "serve", "--stdio", "--config"]
+        .into_iter()
+        .map(String::from)
+        .chain([cfg.display().to_string()])
+        .collect();
+    (dir, args)
+}
+
 /// Runs a client program (SDK scenario script) and parses the JSON it prints on its last line.
 pub fn run_client(program: &str, args: &[String]) -> Value {
     let out = std::process::Command::new(program)
