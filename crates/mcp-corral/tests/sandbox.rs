@@ -304,7 +304,15 @@ async fn a_double_forked_grandchild_dies_with_its_server() {
     let c = Corral::start(&yaml, &[]).await;
     let out = attempt(&c, "parent", "grandchild", "").await;
     assert!(allowed(&out), "{out}");
-    let before = pids_matching("sleep 300.123");
+    // The fixture reports the pid just before the grandchild execs `sleep`: give it a moment.
+    let mut before = Vec::new();
+    for _ in 0..50 {
+        before = pids_matching("sleep 300.123");
+        if !before.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(!before.is_empty(), "the grandchild runs");
     let (status, v) = c.post("/runner/stop", json!({"serverId": "parent"})).await;
     assert!(status < 300, "{status} {v}");
