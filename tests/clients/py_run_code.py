@@ -29,6 +29,11 @@ async def main():
             out["stdin"] = await run(runtime="python", code="print('GOT:', input())", stdin="line one\n")
             out["timeout"] = await run(runtime="quickjs", code="for(;;){}", timeoutMs=300)
             out["flood"] = await run(runtime="python", code="print('x' * 4096 * 1024)")
+            out["ruby_tty"] = await run(runtime="ruby", code='puts "a"; $stderr.puts "b"; puts "c"')
+            out["php"] = await run(runtime="php-cgi", code='<?php echo "hi from php\\n";')
+            hello_c = '#include <stdio.h>\nint main(void) { puts("hi from c"); return 0; }'
+            out["c_first"] = await run(runtime="c", code=hello_c)
+            out["c_again"] = await run(runtime="clang", code=hello_c)
             many = await asyncio.gather(*[run(runtime="quickjs", code=f"console.log({i} * 2)") for i in range(32)])
             out["concurrent"] = sum(1 for i, m in enumerate(many) if m["stdout"] == f"{i * 2}\n")
             out["flood"] = {"truncated": out["flood"]["truncated"]}

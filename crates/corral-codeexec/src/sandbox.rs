@@ -1,22 +1,66 @@
 //! Running one program: a fresh store and instance per run, under limits.
+//!
+//! Interpreters and the C toolchain run on a Cranelift engine from precompiled `.cwasm`
+//! artifacts; user C/C++ programs, compiled on demand and run once, go through Winch, whose
+//! compile is several times faster. Both engines share one epoch ticker.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime::{
+    Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Strategy, Trap,
+};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::capture::Capture;
-use crate::runtimes::{self, InstallError, Runtime};
+use crate::runtimes::{self, Artifact, InstallError, Launch, Runtime};
 
 /// How often the epoch ticks: the resolution of the wall-clock limit.
 const TICK: Duration = Duration::from_millis(10);
 /// Part of every `.cwasm` name: artifacts only load into an engine configured the same way.
 const ENGINE_TAG: &str = "w48-epoch-cranelift-1";
+/// Gives php-cgi the stream constants of the PHP command line. This build cannot open
+/// `php://stdin` or `php://stderr` (both `dup()` a descriptor, which WASI lacks), so STDIN reads
+/// a read-only copy of the run's stdin, and STDERR writes lines through `error_log()`, which
+/// php-cgi sends to its stderr.
+const PHP_PRELUDE: &str = r#"<?php
+final class CorralStderrStream {
+    public $context;
+    private $pending = '';
+    function stream_open($path, $mode, $options, &$opened) { return true; }
+    function stream_write($data) {
+        $this->pending .= $data;
+        while (($i = strpos($this->pending, "\n")) !== false) {
+            error_log(substr($this->pending, 0, $i));
+            $this->pending = substr($this->pending, $i + 1);
+        }
+        return strlen($data);
+    }
+    function stream_flush() { return true; }
+    function stream_eof() { return true; }
+    function stream_stat() { return []; }
+    function stream_close() {
+        if ($this->pending !== '') { error_log($this->pending); $this->pending = ''; }
+    }
+}
+stream_wrapper_register('corral-stderr', 'CorralStderrStream');
+define('STDIN', fopen('/code/stdin', 'rb'));
+define('STDOUT', fopen('php://output', 'wb'));
+define('STDERR', fopen('corral-stderr://', 'wb'));
+"#;
+/// Compiled user programs kept, by source digest.
+const PROGRAM_CACHE: usize = 64;
+/// What clang.wasm and wasm-ld.wasm may use, apart from the program's own limits: a large
+/// C++ translation unit needs far more memory than the program it produces.
+const COMPILER_LIMITS: Limits = Limits {
+    timeout: Duration::from_secs(30),
+    memory_bytes: 1 << 30,
+    output_bytes: 1 << 20,
+};
 
 /// What one run may use.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +117,52 @@ pub struct Outcome {
     pub duration_ms: f64,
     /// Loading (or compiling) the interpreter when it was not ready yet, milliseconds.
     pub prepare_ms: f64,
+    /// For C and C++: building the program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile: Option<Compile>,
+}
+
+/// How a C or C++ program was built.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compile {
+    /// clang, wasm-ld and the Winch compile, milliseconds (0 when cached).
+    pub ms: f64,
+    /// The same source was built before and its program reused.
+    pub cached: bool,
+}
+
+/// What the program reads as standard input.
+#[derive(Debug, Clone, Copy)]
+pub enum Stdin<'a> {
+    Bytes(&'a [u8]),
+    /// This process's own stdin, read only as the program reads it (`corral run`).
+    Inherit,
+}
+
+/// One thing to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub runtime: Runtime,
+    pub code: &'a str,
+    pub stdin: Stdin<'a>,
+    pub limits: Limits,
+    /// Ruby only: load RubyGems (about 50 ms more per run).
+    pub ruby_gems: bool,
+}
+
+/// A host directory the guest sees at `guest`.
+struct Mount<'a> {
+    host: &'a Path,
+    guest: &'a str,
+    perms: FsPerms,
+}
+
+/// A built C/C++ program and what the compiler said while building it.
+#[derive(Clone)]
+struct Program {
+    pre: InstancePre<State>,
+    diagnostics: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,28 +207,99 @@ impl ResourceLimiter for MemoryCeiling {
     }
 }
 
-/// The engine, the interpreters ready to instantiate, and the epoch ticker.
+/// The engines, the modules ready to instantiate, and the epoch ticker.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<State>,
+    winch: Engine,
+    winch_linker: Linker<State>,
     cache: PathBuf,
-    ready: Mutex<HashMap<Runtime, InstancePre<State>>>,
+    /// Parent of the per-run directories: memory-backed when the host has `/dev/shm`.
+    scratch: PathBuf,
+    modules: Mutex<HashMap<&'static str, InstancePre<State>>>,
+    programs: Mutex<ProgramCache>,
+}
+
+/// Least-recently-used compiled programs.
+#[derive(Default)]
+struct ProgramCache {
+    entries: HashMap<String, (Program, u64)>,
+    clock: u64,
+}
+
+impl ProgramCache {
+    fn get(&mut self, key: &str) -> Option<Program> {
+        self.clock += 1;
+        let now = self.clock;
+        self.entries.get_mut(key).map(|(p, used)| {
+            *used = now;
+            p.clone()
+        })
+    }
+
+    fn put(&mut self, key: String, program: Program) {
+        if self.entries.len() >= PROGRAM_CACHE {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.entries.remove(&k);
+            }
+        }
+        self.clock += 1;
+        self.entries.insert(key, (program, self.clock));
+    }
+}
+
+fn engine_error(e: impl std::fmt::Display) -> RunError {
+    RunError::Engine(e.to_string())
+}
+
+/// A linker with both WASI generations: the interpreters speak preview 1, clang.wasm and the
+/// programs it builds speak preview 0.
+fn wasi_linker(engine: &Engine) -> Result<Linker<State>, RunError> {
+    let mut linker: Linker<State> = Linker::new(engine);
+    p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).map_err(engine_error)?;
+    wasmtime_wasi::p0::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
+        .map_err(engine_error)?;
+    // wasmtime-wasi turns an exit status of 126 or more into an error that loses the status;
+    // php-cgi exits 255 after a fatal error, and a program may `exit(200)`. Keep the number.
+    linker.allow_shadowing(true);
+    for module in ["wasi_snapshot_preview1", "wasi_unstable"] {
+        linker
+            .func_wrap(module, "proc_exit", |status: i32| -> wasmtime::Result<()> {
+                Err(wasmtime_wasi::I32Exit(status).into())
+            })
+            .map_err(engine_error)?;
+    }
+    Ok(linker)
 }
 
 impl Sandbox {
-    /// An engine over the runtime cache `cache` (see [`runtimes::default_cache`]).
+    /// Engines over the runtime cache `cache` (see [`runtimes::default_cache`]).
     pub fn new(cache: &Path) -> Result<Arc<Sandbox>, RunError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| RunError::Engine(e.to_string()))?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
-            .map_err(|e| RunError::Engine(e.to_string()))?;
+        let engine = Engine::new(&config).map_err(engine_error)?;
+        config.strategy(Strategy::Winch);
+        let winch = Engine::new(&config).map_err(engine_error)?;
+        let shm = Path::new("/dev/shm");
+        let scratch = if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
         let sandbox = Arc::new(Sandbox {
+            linker: wasi_linker(&engine)?,
+            winch_linker: wasi_linker(&winch)?,
             engine,
-            linker,
+            winch,
             cache: cache.to_path_buf(),
-            ready: Mutex::new(HashMap::new()),
+            scratch,
+            modules: Mutex::new(HashMap::new()),
+            programs: Mutex::new(ProgramCache::default()),
         });
         let weak = Arc::downgrade(&sandbox);
         std::thread::Builder::new()
@@ -146,47 +307,62 @@ impl Sandbox {
             .spawn(move || {
                 while let Some(s) = weak.upgrade() {
                     s.engine.increment_epoch();
+                    s.winch.increment_epoch();
                     drop(s);
                     std::thread::sleep(TICK);
                 }
             })
-            .map_err(|e| RunError::Engine(e.to_string()))?;
+            .map_err(engine_error)?;
         Ok(sandbox)
     }
 
     /// Loads a runtime (compiling it to the cache the first time) so runs start at once.
     pub fn prepare(&self, runtime: Runtime) -> Result<(), RunError> {
-        self.instance_pre(runtime).map(drop)
+        match runtime.launch() {
+            Launch::Interpreter(artifact) => self.module(runtime, artifact).map(drop),
+            Launch::Compiler { .. } => {
+                runtimes::unpack_sysroot(&self.cache)?;
+                self.module(runtime, &runtimes::CLANG)?;
+                self.module(runtime, &runtimes::WASM_LD).map(drop)
+            }
+        }
     }
 
-    fn instance_pre(&self, runtime: Runtime) -> Result<InstancePre<State>, RunError> {
-        if let Some(pre) = self.lock().get(&runtime) {
+    /// Loads every installed runtime, so that no caller waits for the first load.
+    pub fn warm_up(&self) {
+        for runtime in Runtime::ALL {
+            let dir = runtime.dir(&self.cache);
+            if runtime.artifacts().iter().all(|a| a.path(&dir).is_file()) {
+                let _ = self.prepare(runtime);
+            }
+        }
+    }
+
+    fn module(
+        &self,
+        runtime: Runtime,
+        artifact: &'static Artifact,
+    ) -> Result<InstancePre<State>, RunError> {
+        if let Some(pre) = lock(&self.modules).get(artifact.file) {
             return Ok(pre.clone());
         }
-        let module = self.load(runtime)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| RunError::Engine(e.to_string()))?;
-        self.lock().insert(runtime, pre.clone());
+        let module = self.load(runtime, artifact)?;
+        let pre = self.linker.instantiate_pre(&module).map_err(engine_error)?;
+        lock(&self.modules).insert(artifact.file, pre.clone());
         Ok(pre)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Runtime, InstancePre<State>>> {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The compiled module: from its `.cwasm` when one exists for this engine, else compiled
-    /// from the verified interpreter and saved.
-    fn load(&self, runtime: Runtime) -> Result<Module, RunError> {
-        runtimes::verify(runtime, &self.cache)?;
-        let src = runtime.source();
-        let compiled = self.cache.join(runtime.name()).join(format!(
-            "{}-{}-{}.cwasm",
-            runtime.name(),
-            &src.sha256[..16],
-            ENGINE_TAG
+    /// from the verified file and saved.
+    fn load(&self, runtime: Runtime, artifact: &'static Artifact) -> Result<Module, RunError> {
+        let dir = runtime.dir(&self.cache);
+        let stem = artifact.file.trim_end_matches(".wasm");
+        let compiled = dir.join(format!(
+            "{stem}-{}-{ENGINE_TAG}.cwasm",
+            &artifact.sha256[..16]
         ));
+        // The artifact was compiled from a verified file, so loading it needs no second hash
+        // of the interpreter (up to 31 MB); `corral runtimes verify` still checks them.
         if compiled.is_file() {
             // SAFETY: the file is one this code wrote into Corral's own cache, for an engine
             // configured the same way (the name carries the configuration and wasmtime
@@ -195,93 +371,342 @@ impl Sandbox {
                 return Ok(m);
             }
         }
-        let wasm = std::fs::read(runtime.path(&self.cache)).map_err(|e| {
-            RunError::Engine(format!("{}: {e}", runtime.path(&self.cache).display()))
-        })?;
-        let bytes = self
-            .engine
-            .precompile_module(&wasm)
-            .map_err(|e| RunError::Engine(e.to_string()))?;
+        runtimes::verify_artifact(runtime, artifact, &dir)?;
+        let path = artifact.path(&dir);
+        let wasm = std::fs::read(&path)
+            .map_err(|e| RunError::Engine(format!("{}: {e}", path.display())))?;
+        let bytes = self.engine.precompile_module(&wasm).map_err(engine_error)?;
         let staged = compiled.with_extension("part");
         if std::fs::write(&staged, &bytes).is_ok() {
             let _ = std::fs::rename(&staged, &compiled);
         }
         // SAFETY: `bytes` came from this engine's own `precompile_module` just above.
-        unsafe { Module::deserialize(&self.engine, &bytes) }
-            .map_err(|e| RunError::Engine(e.to_string()))
+        unsafe { Module::deserialize(&self.engine, &bytes) }.map_err(engine_error)
     }
 
-    /// Runs `code` with `stdin` under `limits`. Blocking: call it off the async runtime.
-    pub fn run(
+    /// A fresh private directory holding `files`, removed when dropped.
+    fn workdir(&self, files: &[(&str, &[u8])]) -> Result<tempfile::TempDir, RunError> {
+        let dir = tempfile::Builder::new()
+            .prefix("corral-run-")
+            .tempdir_in(&self.scratch)
+            .map_err(|e| RunError::Engine(format!("scratch directory: {e}")))?;
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text)
+                .map_err(|e| RunError::Engine(format!("scratch directory: {e}")))?;
+        }
+        Ok(dir)
+    }
+
+    /// Runs a job. Blocking: call it off the async runtime.
+    pub fn run(&self, job: Job<'_>) -> Result<Outcome, RunError> {
+        let prepared = Instant::now();
+        let runtime = job.runtime;
+        let (pre, program) = match runtime.launch() {
+            Launch::Interpreter(artifact) => (self.module(runtime, artifact)?, None),
+            Launch::Compiler { cpp } => match self.build(runtime, cpp, job.code)? {
+                Ok(built) => (built.0.pre.clone(), Some(built)),
+                Err(failed) => return Ok(failed),
+            },
+        };
+        let prepare_ms = prepared.elapsed().as_secs_f64() * 1000.0;
+        let code_dir;
+        let mut mounts = Vec::new();
+        let argv: Vec<String> = match runtime {
+            Runtime::Python => vec!["python".into(), "-c".into(), job.code.into()],
+            Runtime::Quickjs => vec!["qjs".into(), "--std".into(), "-e".into(), job.code.into()],
+            // Ruby and PHP read the program from a read-only directory so that stdin stays
+            // the program's own; `-q` drops php-cgi's CGI headers.
+            Runtime::Ruby => {
+                code_dir = self.workdir(&[
+                    ("main.rb", job.code.as_bytes()),
+                    ("sync.rb", b"$stdout.sync = true\n"),
+                ])?;
+                mounts.push(code_dir.path());
+                let mut argv = vec!["ruby".to_string()];
+                if !job.ruby_gems {
+                    argv.push("--disable-gems".into());
+                }
+                argv.extend(["-r/code/sync.rb".into(), "/code/main.rb".into()]);
+                argv
+            }
+            // php-cgi behaves like the PHP command line: plain-text errors on stderr, and
+            // the STDIN/STDOUT/STDERR constants that only the CLI build defines.
+            Runtime::PhpCgi => {
+                // PHP reads stdin from a file (see PHP_PRELUDE), so it is read up front.
+                let mut inherited = Vec::new();
+                let stdin = match job.stdin {
+                    Stdin::Bytes(b) => b,
+                    Stdin::Inherit => {
+                        std::io::Read::read_to_end(&mut std::io::stdin(), &mut inherited)
+                            .map_err(|e| RunError::Engine(format!("reading stdin: {e}")))?;
+                        &inherited
+                    }
+                };
+                code_dir = self.workdir(&[
+                    ("main.php", job.code.as_bytes()),
+                    ("prelude.php", PHP_PRELUDE.as_bytes()),
+                    ("stdin", stdin),
+                ])?;
+                mounts.push(code_dir.path());
+                [
+                    "php-cgi",
+                    "-q",
+                    "-d",
+                    "html_errors=0",
+                    "-d",
+                    "auto_prepend_file=/code/prelude.php",
+                    "/code/main.php",
+                ]
+                .map(String::from)
+                .to_vec()
+            }
+            Runtime::Clang | Runtime::Clangpp => vec!["program".into()],
+        };
+        let mounts: Vec<Mount> = mounts
+            .into_iter()
+            .map(|host| Mount {
+                host,
+                guest: "/code",
+                perms: FsPerms::ReadOnly,
+            })
+            .collect();
+        let stdin = match (runtime, job.stdin) {
+            (Runtime::PhpCgi, _) => Stdin::Bytes(b""),
+            (_, stdin) => stdin,
+        };
+        let engine = if program.is_some() {
+            &self.winch
+        } else {
+            &self.engine
+        };
+        let mut outcome = execute(engine, &pre, &argv, stdin, &mounts, job.limits)?;
+        outcome.prepare_ms = prepare_ms;
+        if let Some((built, compile)) = program {
+            outcome.compile = Some(compile);
+            if !built.diagnostics.is_empty() {
+                let warnings = String::from_utf8_lossy(&built.diagnostics);
+                outcome.stderr.insert_str(0, &warnings);
+                outcome.tty.insert_str(0, &warnings);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Builds a C or C++ program inside WebAssembly, or finds it built. The inner `Err` is
+    /// the outcome to report when compiling or linking failed.
+    fn build(
         &self,
         runtime: Runtime,
+        cpp: bool,
         code: &str,
-        stdin: &[u8],
-        limits: Limits,
-    ) -> Result<Outcome, RunError> {
-        let prepared = Instant::now();
-        let pre = self.instance_pre(runtime)?;
-        let prepare_ms = prepared.elapsed().as_secs_f64() * 1000.0;
-        let (out, err, captured) = Capture::pair(limits.output_bytes);
-        let wasi = WasiCtxBuilder::new()
-            .args(&runtime.argv(code))
-            .stdin(MemoryInputPipe::new(stdin.to_vec()))
-            .stdout(out)
-            .stderr(err)
-            .build_p1();
-        let mut store = Store::new(
-            &self.engine,
-            State {
-                wasi,
-                limiter: MemoryCeiling {
-                    max: limits.memory_bytes,
-                    hit: false,
+    ) -> Result<Result<(Program, Compile), Outcome>, RunError> {
+        let key = runtimes::sha256_hex(format!("{}\0{code}", runtime.name()).as_bytes());
+        if let Some(program) = lock(&self.programs).get(&key) {
+            return Ok(Ok((
+                program,
+                Compile {
+                    ms: 0.0,
+                    cached: true,
                 },
-            },
-        );
-        store.limiter(|s| &mut s.limiter);
-        let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+            )));
+        }
         let started = Instant::now();
-        let result = pre.instantiate(&mut store).and_then(|instance| {
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call(&mut store, ())
-        });
-        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let memory_hit = store.data().limiter.hit;
-        drop(store);
-        let (status, exit_code, limit, error) = match result {
-            Ok(()) => (Status::Completed, Some(0), None, None),
-            Err(e) => {
-                if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                    (Status::Completed, Some(exit.0), None, None)
-                } else if memory_hit {
-                    (
-                        Status::Terminated,
-                        None,
-                        Some("memory"),
-                        Some(e.to_string()),
-                    )
-                } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    (Status::Timeout, None, Some("timeout"), None)
-                } else {
-                    (Status::Crashed, None, None, Some(format!("{e:#}")))
+        let clang = self.module(runtime, &runtimes::CLANG)?;
+        let wasm_ld = self.module(runtime, &runtimes::WASM_LD)?;
+        let sys = runtimes::unpack_sysroot(&self.cache)?.join("sys");
+        let source = if cpp { "program.cpp" } else { "program.c" };
+        let work = self.workdir(&[(source, code.as_bytes())])?;
+        let mounts = [
+            Mount {
+                host: &sys,
+                guest: "/sys",
+                perms: FsPerms::ReadOnly,
+            },
+            Mount {
+                host: work.path(),
+                guest: "/work",
+                perms: FsPerms::ReadWrite,
+            },
+        ];
+        let mut cc: Vec<&str> = vec![
+            "clang",
+            "-cc1",
+            "-triple",
+            "wasm32-unknown-wasi",
+            "-isysroot",
+            "/sys",
+        ];
+        if cpp {
+            cc.extend([
+                "-internal-isystem",
+                "/sys/include/c++/v1",
+                "-std=c++17",
+                "-x",
+                "c++",
+            ]);
+        }
+        cc.extend([
+            "-internal-isystem",
+            "/sys/include",
+            "-internal-isystem",
+            "/sys/lib/clang/8.0.1/include",
+            "-ferror-limit",
+            "20",
+            "-disable-free",
+            "-O2",
+            "-emit-obj",
+            "-o",
+            "/work/program.o",
+        ]);
+        let source_path = format!("/work/{source}");
+        cc.push(&source_path);
+        let mut ld = vec![
+            "wasm-ld",
+            "--no-threads",
+            "--export-dynamic",
+            "-z",
+            "stack-size=1048576",
+            "-L/sys/lib/wasm32-wasi",
+            "/sys/lib/wasm32-wasi/crt1.o",
+            "/work/program.o",
+            "-lc",
+        ];
+        if cpp {
+            ld.extend(["-lc++", "-lc++abi"]);
+        }
+        ld.extend(["-o", "/work/program.wasm"]);
+        let mut diagnostics = Vec::new();
+        for (tool, pre, argv) in [("clang", &clang, cc), ("wasm-ld", &wasm_ld, ld)] {
+            let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+            let mut step = execute(
+                &self.engine,
+                pre,
+                &argv,
+                Stdin::Bytes(b""),
+                &mounts,
+                COMPILER_LIMITS,
+            )?;
+            diagnostics.extend_from_slice(step.tty.as_bytes());
+            if step.status != Status::Completed || step.exit_code != Some(0) {
+                let why = match step.status {
+                    Status::Completed => {
+                        format!("exited with code {}", step.exit_code.unwrap_or(-1))
+                    }
+                    _ => step
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| format!("{:?}", step.status).to_lowercase()),
+                };
+                step.error = Some(format!("compilation failed: {tool} {why}"));
+                if step.status == Status::Completed {
+                    step.status = Status::Crashed;
                 }
+                step.exit_code = None;
+                step.tty = String::from_utf8_lossy(&diagnostics).into_owned();
+                step.stderr = step.tty.clone();
+                step.stdout.clear();
+                step.compile = Some(Compile {
+                    ms: started.elapsed().as_secs_f64() * 1000.0,
+                    cached: false,
+                });
+                return Ok(Err(step));
             }
+        }
+        let built = work.path().join("program.wasm");
+        let wasm = std::fs::read(&built)
+            .map_err(|e| RunError::Engine(format!("{}: {e}", built.display())))?;
+        let module = Module::new(&self.winch, &wasm).map_err(engine_error)?;
+        let pre = self
+            .winch_linker
+            .instantiate_pre(&module)
+            .map_err(engine_error)?;
+        let program = Program { pre, diagnostics };
+        lock(&self.programs).put(key, program.clone());
+        let compile = Compile {
+            ms: started.elapsed().as_secs_f64() * 1000.0,
+            cached: false,
         };
-        let c = captured.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(Outcome {
-            status,
-            exit_code,
-            tty: String::from_utf8_lossy(&c.tty).into_owned(),
-            stdout: String::from_utf8_lossy(&c.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&c.stderr).into_owned(),
-            truncated: c.truncated,
-            limit,
-            error,
-            duration_ms,
-            prepare_ms,
-        })
+        Ok(Ok((program, compile)))
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One instance of `pre` in a fresh store: the guest's argv, stdin, mounts and limits.
+fn execute(
+    engine: &Engine,
+    pre: &InstancePre<State>,
+    argv: &[String],
+    stdin: Stdin<'_>,
+    mounts: &[Mount<'_>],
+    limits: Limits,
+) -> Result<Outcome, RunError> {
+    let (out, err, captured) = Capture::pair(limits.output_bytes);
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(argv).stdout(out).stderr(err);
+    match stdin {
+        Stdin::Bytes(bytes) => wasi.stdin(MemoryInputPipe::new(bytes.to_vec())),
+        Stdin::Inherit => wasi.inherit_stdin(),
+    };
+    for m in mounts {
+        wasi.preopened_dir(m.host, m.guest, m.perms)
+            .map_err(|e| RunError::Engine(format!("{}: {e}", m.host.display())))?;
+    }
+    let mut store = Store::new(
+        engine,
+        State {
+            wasi: wasi.build_p1(),
+            limiter: MemoryCeiling {
+                max: limits.memory_bytes,
+                hit: false,
+            },
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    let started = Instant::now();
+    let result = pre.instantiate(&mut store).and_then(|instance| {
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call(&mut store, ())
+    });
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let memory_hit = store.data().limiter.hit;
+    drop(store);
+    let (status, exit_code, limit, error) = match result {
+        Ok(()) => (Status::Completed, Some(0), None, None),
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                (Status::Completed, Some(exit.0), None, None)
+            } else if memory_hit {
+                (
+                    Status::Terminated,
+                    None,
+                    Some("memory"),
+                    Some(e.to_string()),
+                )
+            } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                (Status::Timeout, None, Some("timeout"), None)
+            } else {
+                (Status::Crashed, None, None, Some(format!("{e:#}")))
+            }
+        }
+    };
+    let c = lock(&captured);
+    Ok(Outcome {
+        status,
+        exit_code,
+        tty: String::from_utf8_lossy(&c.tty).into_owned(),
+        stdout: String::from_utf8_lossy(&c.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&c.stderr).into_owned(),
+        truncated: c.truncated,
+        limit,
+        error,
+        duration_ms,
+        prepare_ms: 0.0,
+        compile: None,
+    })
 }

