@@ -373,7 +373,7 @@ pub fn install(runtime: Runtime, cache: &Path, say: &dyn Fn(&str)) -> Result<(),
         std::fs::write(&staged, &bytes).map_err(io(&staged))?;
         std::fs::rename(&staged, &path).map_err(io(&path))?;
     }
-    if matches!(runtime.launch(), Launch::Compiler { .. }) {
+    if matches!(runtime.launch(), Launch::Compiler { .. }) && !sysroot_ready(cache) {
         say("unpacking the C/C++ sysroot");
         unpack_sysroot(cache)?;
     }
@@ -517,11 +517,15 @@ fn extract(artifact: &Artifact, archive: &Path) -> Result<Vec<u8>, InstallError>
     }
 }
 
-/// Unpacks the verified sysroot tarball once; a marker records which one is there.
+/// Whether the sysroot of the pinned tarball is unpacked (its marker says which one).
+fn sysroot_ready(cache: &Path) -> bool {
+    std::fs::read_to_string(sysroot(cache).join(".sha256")).is_ok_and(|m| m == SYSROOT.sha256)
+}
+
+/// Unpacks the verified sysroot tarball once.
 pub(crate) fn unpack_sysroot(cache: &Path) -> Result<PathBuf, InstallError> {
     let root = sysroot(cache);
-    let marker = root.join(".sha256");
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m == SYSROOT.sha256) {
+    if sysroot_ready(cache) {
         return Ok(root);
     }
     let tarball = SYSROOT.path(&Runtime::Clang.dir(cache));
