@@ -136,6 +136,7 @@ pub fn spawn(
         None => {
             let mut cmd = Command::new(&program);
             cmd.args(&launch.args).envs(&launch.env);
+            die_with_corral(&mut cmd);
             (cmd, None)
         }
         Some(policy) => confined(launch, &program, policy, server, log)?,
@@ -154,6 +155,30 @@ pub fn spawn(
         source,
     })?;
     Ok(Spawned { child, limits })
+}
+
+/// Makes the server get SIGKILL if Corral dies without stopping it (a crash, `kill -9`), so
+/// no server outlives it. The sandbox shim does the same for sandboxed servers.
+///
+/// The signal follows the *thread* that forked. Servers are spawned from the async runtime's
+/// threads, which live as long as the process (never from the blocking pool, whose idle
+/// threads exit).
+fn die_with_corral(cmd: &mut Command) {
+    let corral = std::process::id();
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Corral died between fork and prctl: the signal will never come.
+            if libc::getppid() as u32 != corral {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The command that starts the server through the sandbox shim.
