@@ -175,6 +175,7 @@ fn doctor_reports_each_mechanism_and_what_each_permission_becomes() {
         "seccomp-bpf",
         "user namespaces",
         "memory cgroup",
+        "pids cgroup",
         "Docker API",
     ] {
         assert!(mechanisms.contains(&m), "{m} missing: {v}");
@@ -186,9 +187,14 @@ fn doctor_reports_each_mechanism_and_what_each_permission_becomes() {
         "allowedHosts",
         "spawn: false",
         "limits.memory",
+        "limits.pids",
     ] {
         assert!(permissions.contains(p), "{p} missing: {v}");
     }
+    assert!(
+        !permissions.contains("not enforced by this version"),
+        "every permission is implemented: {v}"
+    );
     let table = stdout(&corral(&["doctor"], None));
     assert!(
         table.starts_with("MECHANISM") && table.contains("PERMISSION"),

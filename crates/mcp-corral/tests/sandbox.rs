@@ -146,6 +146,22 @@ async fn network_false_cuts_tcp_and_host_unix_sockets() {
     assert!(!allowed(&out), "loopback TCP on the host: {out}");
     let out = attempt(&c, "offline", "unix", &sock_path).await;
     assert!(!allowed(&out), "host unix socket: {out}");
+    // The socket() refusal is seen, not only suffered: status, events and log say so.
+    let s = refused(&c, "offline", "permissions.network").await;
+    assert!(
+        s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["refusedBy"] == "permissions.network"
+                && e["reason"].as_str().unwrap().contains("AF_INET socket")),
+        "{s}"
+    );
+    let (_, logs) = c.get("/logs?name=offline&lines=50").await;
+    assert!(
+        logs.to_string().contains("refused by permissions.network"),
+        "{logs}"
+    );
     // The control: an unrestricted network reaches both.
     assert!(allowed(&attempt(&c, "online", "tcp", &target).await));
     let out = attempt(&c, "online", "unix", &sock_path).await;
@@ -201,7 +217,16 @@ async fn env_spawn_and_proc_are_confined() {
         attempt(&c, "strict", "thread", "").await,
         "ALLOWED: thread ran"
     );
+    let s = refused(&c, "strict", "permissions.spawn").await;
+    assert_eq!(
+        s["refusals"]["permissions.spawn"], 1,
+        "one fork, one report: {s}"
+    );
     assert!(allowed(&attempt(&c, "loose", "fork", "").await));
+    assert!(
+        c.get("/runner/status/loose").await.1["refusals"].is_null(),
+        "nothing refused, nothing reported"
+    );
     assert_eq!(
         attempt(&c, "shimmed", "thread", "").await,
         "ALLOWED: thread ran",
@@ -211,6 +236,19 @@ async fn env_spawn_and_proc_are_confined() {
     let procs = attempt(&c, "strict", "procs", "").await;
     assert_eq!(procs, "ALLOWED: 1", "{procs}");
     c.terminate().await;
+}
+
+/// The status of `id` once `key` has refused something.
+async fn refused(c: &Corral, id: &str, key: &str) -> Value {
+    let s = c
+        .wait_status(id, 10, |s| s["refusals"][key].as_u64() > Some(0))
+        .await;
+    let (_, full) = c.get(&format!("/runner/status/{id}")).await;
+    assert_eq!(
+        full["state"], "running",
+        "a refusal does not stop the server: {s}"
+    );
+    full
 }
 
 async fn last_error(c: &Corral, id: &str) -> Value {
@@ -256,6 +294,49 @@ async fn limits_fire_and_say_which() {
     );
     let (_, logs) = c.get("/logs?name=hog&lines=50").await;
     assert!(logs.to_string().contains("OOM-killed"), "{logs}");
+    c.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pids_limit_refuses_forks_and_says_so() {
+    let yaml = format!(
+        "servers:\n{}{}",
+        boxed("few", "limits: {pids: 6}"),
+        boxed("many", "permissions: {network: true}"),
+    );
+    let c = Corral::start(&yaml, &[]).await;
+    // The shim's monitor and the server are two of the six tasks.
+    let out = attempt(&c, "few", "forks", "20").await;
+    assert!(
+        out.starts_with("DENIED") && out.contains("Resource temporarily unavailable"),
+        "{out}"
+    );
+    let got: u32 = out
+        .split(" after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(99);
+    assert!((1..=4).contains(&got), "{out}");
+    let s = refused(&c, "few", "limits.pids").await;
+    assert!(
+        s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["refusedBy"] == "limits.pids"),
+        "{s}"
+    );
+    // The children are gone again, so the budget is back.
+    assert_eq!(
+        attempt(&c, "few", "forks", "2").await,
+        "ALLOWED: 2 children"
+    );
+    assert_eq!(
+        attempt(&c, "many", "forks", "20").await,
+        "ALLOWED: 20 children",
+        "the control"
+    );
     c.terminate().await;
 }
 

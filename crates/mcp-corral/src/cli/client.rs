@@ -182,15 +182,22 @@ pub async fn status(r: &Remote, id: &str) -> Result<(), CliError> {
     if let Some(e) = v.get("lastError").and_then(Value::as_str) {
         println!("last error:  {e}");
     }
+    if let Some(refusals) = v["refusals"].as_object().filter(|m| !m.is_empty()) {
+        let list: Vec<String> = refusals.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        println!("refused:     {}", list.join(", "));
+    }
     println!("events:");
     for e in v["events"].as_array().into_iter().flatten() {
-        println!(
-            "  {}  {} → {}  {}",
-            e["at"].as_str().unwrap_or(""),
-            e["from"].as_str().unwrap_or(""),
-            e["to"].as_str().unwrap_or(""),
-            e["reason"].as_str().unwrap_or("")
-        );
+        let at = e["at"].as_str().unwrap_or("");
+        let reason = e["reason"].as_str().unwrap_or("");
+        match e["refusedBy"].as_str() {
+            Some(by) => println!("  {at}  refused by {by}: {reason}"),
+            None => println!(
+                "  {at}  {} → {}  {reason}",
+                e["from"].as_str().unwrap_or(""),
+                e["to"].as_str().unwrap_or(""),
+            ),
+        }
     }
     Ok(())
 }

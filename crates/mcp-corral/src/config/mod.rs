@@ -528,7 +528,7 @@ fn normalise_server(
             path,
             text,
             &format!("{key}.permissions"),
-            "permissions and memory/cpuTime limits confine a local process; a remote server \
+            "permissions and memory/cpuTime/pids limits confine a local process; a remote server \
              (`transport.url`) runs elsewhere and cannot be sandboxed by Corral",
         ));
     }

@@ -278,6 +278,9 @@ pub struct Limits {
     /// CPU seconds (sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_time: Option<u64>,
+    /// Tasks (processes and threads) the server may have at once (sandbox, pids cgroup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
     /// Per-call timeout in seconds. Default: 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,

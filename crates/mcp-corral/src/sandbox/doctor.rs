@@ -24,7 +24,12 @@ pub fn probe() -> Vec<Finding> {
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")));
     out.push(Finding {
         mechanism: "seccomp-bpf",
-        status: if seccomp { "available" } else { "unavailable" }.into(),
+        status: match (seccomp, seccomp && user_notification()) {
+            (true, true) => "available; refusals reported (user notification)",
+            (true, false) => "available; refusals enforced but not reported (no user notification)",
+            (false, _) => "unavailable",
+        }
+        .into(),
         ok: seccomp,
     });
     // SAFETY: geteuid cannot fail.
@@ -59,12 +64,17 @@ pub fn probe() -> Vec<Finding> {
         .into(),
         ok: ns,
     });
-    let cg = super::cgroup::describe();
-    out.push(Finding {
-        mechanism: "memory cgroup",
-        ok: !cg.starts_with("none"),
-        status: cg,
-    });
+    for (controller, found) in super::cgroup::describe() {
+        out.push(Finding {
+            mechanism: if controller == "memory" {
+                "memory cgroup"
+            } else {
+                "pids cgroup"
+            },
+            ok: found.is_some(),
+            status: found.unwrap_or_else(|| "none writable".into()),
+        });
+    }
     let docker = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok();
     out.push(Finding {
         mechanism: "Docker API",
@@ -106,7 +116,10 @@ pub fn consequences(findings: &[Finding]) -> Vec<(&'static str, String)> {
         ),
         (
             "allowedHosts",
-            "REFUSED: not enforced by this version".into(),
+            verdict(
+                ns,
+                "an empty network namespace whose only way out is Corral's egress proxy",
+            ),
         ),
         ("spawn: false", verdict(seccomp, "seccomp")),
         ("env: false", "enforced (cleared environment)".into()),
@@ -119,8 +132,24 @@ pub fn consequences(findings: &[Finding]) -> Vec<(&'static str, String)> {
             },
         ),
         ("limits.cpuTime", "enforced (RLIMIT_CPU)".into()),
+        (
+            "limits.pids",
+            if ok("pids cgroup") {
+                "enforced (pids cgroup, refused forks reported)".into()
+            } else {
+                "weaker: RLIMIT_NPROC (per user, not for root) with a warning".into()
+            },
+        ),
         ("limits.timeout", "enforced (per-call timer)".into()),
     ]
+}
+
+/// Whether seccomp can hand refused calls to a monitor (Linux ≥ 5.0).
+fn user_notification() -> bool {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+    let action: u32 = libc::SECCOMP_RET_USER_NOTIF;
+    // SAFETY: the call only reads the u32 that `action` points to.
+    unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action) == 0 }
 }
 
 fn landlock_abi() -> Option<i64> {

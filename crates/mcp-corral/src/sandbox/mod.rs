@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod doctor;
 pub mod egress;
 mod forward;
+pub mod monitor;
 pub mod shim;
 
 use std::path::{Path, PathBuf};
@@ -56,12 +57,24 @@ pub struct Policy {
     pub cpu_time: Option<u64>,
     /// Memory limit in MB: a cgroup when one can be made, else RLIMIT_AS.
     pub memory_mb: Option<u64>,
+    /// Tasks (processes and threads) at once: a pids cgroup when one can be made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
     /// Cgroup directories the shim joins before anything else (set at spawn).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<PathBuf>,
+    /// Cgroup event counters the shim's monitor reports on while the server runs (set at spawn).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<cgroup::Counter>,
     /// RLIMIT_AS in bytes, when no memory cgroup is available (set at spawn).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_space: Option<u64>,
+    /// RLIMIT_NPROC, when no pids cgroup is available (set at spawn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nproc: Option<u64>,
+    /// The descriptor on which the shim's monitor reports refusals to Corral (set at spawn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_fd: Option<i32>,
     /// What the server's own launch needs (its program, scripts, working directory): bound back
     /// into the private `/tmp` when it lives there (set at spawn).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -109,12 +122,19 @@ impl Policy {
         let cpu_time = limits
             .and_then(|l| l.cpu_time)
             .or(defaults_limits.and_then(|l| l.cpu_time));
-        if p == Permissions::default() && memory_mb.is_none() && cpu_time.is_none() {
+        let pids = limits
+            .and_then(|l| l.pids)
+            .or(defaults_limits.and_then(|l| l.pids));
+        if p == Permissions::default()
+            && memory_mb.is_none()
+            && cpu_time.is_none()
+            && pids.is_none()
+        {
             return Ok(None);
         }
         if !cfg!(target_os = "linux") {
             return Err(PolicyError::Unsupported(
-                "permissions and memory/cpuTime limits are enforced on Linux only (Landlock, \
+                "permissions and memory/cpuTime/pids limits are enforced on Linux only (Landlock, \
                  seccomp, namespaces); on this OS Corral refuses to start a server that asks for \
                  them. Remove them to run it unconfined."
                     .into(),
@@ -180,8 +200,12 @@ impl Policy {
             spawn: p.spawn.unwrap_or(true),
             cpu_time,
             memory_mb,
+            pids,
             cgroups: Vec::new(),
+            counters: Vec::new(),
             address_space: None,
+            nproc: None,
+            report_fd: None,
             launch_paths: Vec::new(),
         }))
     }

@@ -13,11 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::{FsPolicy, Policy, forward};
+use super::{FsPolicy, Policy, forward, monitor};
 pub use forward::PROXY_PORT;
 
 /// The private home of a server started with `env: false`, inside its private `/tmp`.
@@ -65,10 +66,9 @@ fn run(policy: &Policy, program: &str, argv: &[String]) -> Result<(), Step> {
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(errno("prctl(PDEATHSIG)"));
     }
-    // SAFETY: getpid cannot fail.
-    let pid = unsafe { libc::getpid() };
     // Inside before anything else happens, so every page of the server is counted.
-    join_cgroups(&policy.cgroups, pid).map_err(|e| ("joining the memory cgroup", e))?;
+    join_cgroups(&policy.cgroups).map_err(|e| ("joining the cgroups", e))?;
+    let mut watch = monitor::Watch::open(&policy.counters, policy.report_fd);
     set_rlimits(policy)?;
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -92,15 +92,32 @@ fn run(policy: &Policy, program: &str, argv: &[String]) -> Result<(), Step> {
     if unsafe { libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) } != 0 {
         return Err(errno("unshare(pid, ipc, uts namespaces)"));
     }
+    // The server's half sends its seccomp listener to the monitor over this pair.
+    let notify = if !policy.spawn || !policy.network {
+        Some(socket_pair()?)
+    } else {
+        None
+    };
     // SAFETY: fork in a single-threaded process (no runtime exists yet).
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(errno("fork into the pid namespace"));
     }
     if child > 0 {
-        wait_and_mirror(child);
+        watch.listener_from_child = notify.map(|(ours, _theirs)| ours);
+        // Only the server uses the pipes now: closing our copies lets the supervisor see EOF
+        // when the server's side closes.
+        // SAFETY: closing standard descriptors we no longer use.
+        unsafe {
+            libc::close(0);
+            libc::close(1);
+        }
+        mirror(monitor::watch(child, watch));
     }
-    // The child: PID 1 of the new pid namespace, in a mount namespace of its own.
+    // The child: PID 1 of the new pid namespace, in a mount namespace of its own. The report
+    // pipe and the counters are the monitor's alone.
+    drop(watch);
+    let notify = notify.map(|(_ours, theirs)| theirs);
     // SAFETY: as above; the parent's death must take the server with it.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     // SAFETY: unshare takes flags only.
@@ -134,14 +151,26 @@ fn run(policy: &Policy, program: &str, argv: &[String]) -> Result<(), Step> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(errno("prctl(NO_NEW_PRIVS)"));
     }
-    install_seccomp(policy)?;
+    install_seccomp(policy, notify)?;
     exec(program, argv)
 }
 
-fn join_cgroups(dirs: &[PathBuf], pid: libc::pid_t) -> Result<(), String> {
+/// Moves the shim into each cgroup before it forks anything.
+///
+/// On v1 the shim writes `0` ("this thread") to `tasks`: the kernel then skips the global
+/// thread-group lock whose write side waits for an RCU grace period, which made a
+/// `cgroup.procs` migration cost 5-20 ms here against 0.3 ms. Moving one thread moves the
+/// whole process because the shim has exactly one thread (no runtime exists yet). v2 has no
+/// per-thread file for domain cgroups, so it takes the `cgroup.procs` path.
+fn join_cgroups(dirs: &[PathBuf]) -> Result<(), String> {
     for dir in dirs {
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let tasks = dir.join("tasks");
+        let file = if tasks.is_file() {
+            tasks
+        } else {
+            dir.join("cgroup.procs")
+        };
+        std::fs::write(&file, "0").map_err(|e| format!("{}: {e}", file.display()))?;
     }
     Ok(())
 }
@@ -162,6 +191,9 @@ fn set_rlimits(policy: &Policy) -> Result<(), Step> {
     if let Some(secs) = policy.cpu_time {
         // SIGXCPU at the soft limit, SIGKILL a second later for servers that catch it.
         set(libc::RLIMIT_CPU, secs, secs + 1, "setrlimit(CPU)")?;
+    }
+    if let Some(n) = policy.nproc {
+        set(libc::RLIMIT_NPROC, n, n, "setrlimit(NPROC)")?;
     }
     if let Some(bytes) = policy.address_space {
         set(libc::RLIMIT_AS, bytes, bytes, "setrlimit(AS)")?;
@@ -208,27 +240,9 @@ fn open_paths_under_tmp(policy: &Policy) -> Result<Vec<(PathBuf, std::fs::File)>
     Ok(out)
 }
 
-/// The shim's parent half: waits for the server and exits the same way, so the supervisor
-/// sees the server's own exit status.
-fn wait_and_mirror(child: libc::pid_t) -> ! {
-    // Only the server uses the pipes now: closing our copies lets the supervisor see EOF when
-    // the server's side closes.
-    // SAFETY: closing standard descriptors we no longer use.
-    unsafe {
-        libc::close(0);
-        libc::close(1);
-    }
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(child, &mut status, 0) };
-        if r == child {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            std::process::exit(SETUP_FAILED);
-        }
-    }
+/// Exits the way the server did (`status` from `waitpid`), so the supervisor sees the
+/// server's own exit status.
+fn mirror(status: libc::c_int) -> ! {
     if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         // Die of the same signal (default action restored), so the exit reads the same.
@@ -241,6 +255,24 @@ fn wait_and_mirror(child: libc::pid_t) -> ! {
         std::process::exit(128 + sig);
     }
     std::process::exit(libc::WEXITSTATUS(status))
+}
+
+fn socket_pair() -> Result<(OwnedFd, OwnedFd), Step> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(errno("socketpair"));
+    }
+    // SAFETY: socketpair succeeded, so both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn mount(
@@ -553,19 +585,22 @@ fn drop_capabilities() -> Result<(), Step> {
     Ok(())
 }
 
-fn install_seccomp(policy: &Policy) -> Result<(), Step> {
+fn install_seccomp(policy: &Policy, notify: Option<OwnedFd>) -> Result<(), Step> {
     use seccompiler::{
         BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule,
     };
     const X32: i64 = 0x4000_0000;
+    // Stands for "ask the monitor" while seccompiler builds the program (see `notifying`).
+    const ASK: u32 = 0xfff;
     let step = |e: String| ("seccomp", e);
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e: seccompiler::BackendError| step(e.to_string()))?;
-    let mut eperm: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Refused calls: the monitor fails them (EPERM for spawning, EACCES for sockets, see
+    // `monitor::classify`) and reports each one.
+    let mut refused: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let mut enosys: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let mut eacces: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     if !policy.spawn {
         let new_process = SeccompRule::new(vec![
             SeccompCondition::new(
@@ -577,16 +612,16 @@ fn install_seccomp(policy: &Policy) -> Result<(), Step> {
             .map_err(|e| step(e.to_string()))?,
         ])
         .map_err(|e| step(e.to_string()))?;
-        eperm.insert(libc::SYS_clone, vec![new_process]);
+        refused.insert(libc::SYS_clone, vec![new_process]);
         for nr in [libc::SYS_fork, libc::SYS_vfork] {
-            eperm.insert(nr, vec![]);
+            refused.insert(nr, vec![]);
         }
         // x32 entry points of the same calls (the arch check does not cover them).
         for nr in [libc::SYS_fork, libc::SYS_vfork, libc::SYS_clone] {
-            eperm.insert(X32 | nr, vec![]);
+            refused.insert(X32 | nr, vec![]);
         }
         // clone3 passes its flags in memory, out of seccomp's reach: ENOSYS makes libcs
-        // fall back to clone, which the rule above judges.
+        // fall back to clone, which the rule above judges. Not a refusal, so not reported.
         enosys.insert(libc::SYS_clone3, vec![]);
         enosys.insert(X32 | libc::SYS_clone3, vec![]);
     }
@@ -596,33 +631,79 @@ fn install_seccomp(policy: &Policy) -> Result<(), Step> {
                 .and_then(|c| SeccompRule::new(vec![c]))
                 .map_err(|e| step(e.to_string()))
         };
-        eacces.insert(
+        refused.insert(
             libc::SYS_socket,
             vec![family(libc::AF_INET)?, family(libc::AF_INET6)?],
         );
-        eacces.insert(X32 | libc::SYS_socket, vec![]);
+        refused.insert(X32 | libc::SYS_socket, vec![]);
     }
-    for (rules, errno) in [
-        (eperm, libc::EPERM),
-        (enosys, libc::ENOSYS),
-        (eacces, libc::EACCES),
-    ] {
-        if rules.is_empty() {
-            continue;
-        }
+    let compile = |rules: BTreeMap<i64, Vec<SeccompRule>>, errno: u32| {
         let filter = SeccompFilter::new(
             rules,
             SeccompAction::Allow,
-            SeccompAction::Errno(errno as u32),
+            SeccompAction::Errno(errno),
             arch,
         )
         .map_err(|e| step(e.to_string()))?;
         let program: BpfProgram = filter
             .try_into()
             .map_err(|e: seccompiler::BackendError| step(e.to_string()))?;
-        seccompiler::apply_filter(&program).map_err(|e| step(e.to_string()))?;
+        Ok::<_, Step>(program)
+    };
+    if !enosys.is_empty() {
+        seccompiler::apply_filter(&compile(enosys, libc::ENOSYS as u32)?)
+            .map_err(|e| step(e.to_string()))?;
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let program = compile(refused.clone(), ASK)?;
+    if let Some(sock) = notify
+        && let Some(listener) = notifying(&program, ASK)
+    {
+        // Sent before exec; our copy closes when `listener` drops.
+        return monitor::send_fd(&sock, &listener)
+            .map_err(|e| step(format!("passing the listener: {e}")));
+    }
+    // No listener (an older kernel, or one already taken by an outer sandbox): the same
+    // refusals as plain errno filters, enforced but not reported.
+    let (spawn, network): (BTreeMap<_, _>, BTreeMap<_, _>) = refused
+        .into_iter()
+        .partition(|(nr, _)| (nr & !X32) != libc::SYS_socket);
+    for (rules, errno) in [(spawn, libc::EPERM), (network, libc::EACCES)] {
+        if !rules.is_empty() {
+            seccompiler::apply_filter(&compile(rules, errno as u32)?)
+                .map_err(|e| step(e.to_string()))?;
+        }
     }
     Ok(())
+}
+
+/// Installs `program` with its `ask` errno returns turned into user notifications, and returns
+/// the listener; `None` when the kernel does not offer one (nothing was installed then).
+fn notifying(program: &[seccompiler::sock_filter], ask: u32) -> Option<OwnedFd> {
+    const BPF_RET_K: u16 = 0x06;
+    let mut program = program.to_vec();
+    for insn in &mut program {
+        if insn.code == BPF_RET_K && insn.k == libc::SECCOMP_RET_ERRNO | ask {
+            insn.k = libc::SECCOMP_RET_USER_NOTIF;
+        }
+    }
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr().cast(),
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; no-new-privs is set.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog,
+        )
+    };
+    // SAFETY: a non-negative result is a new descriptor (opened close-on-exec by the kernel).
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn exec(program: &str, argv: &[String]) -> Result<(), Step> {

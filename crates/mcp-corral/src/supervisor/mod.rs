@@ -68,6 +68,10 @@ pub struct Event {
     pub from: State,
     pub to: State,
     pub reason: String,
+    /// For a refusal by the sandbox (the state does not change): the permission or limit that
+    /// refused, e.g. `permissions.spawn` or `limits.pids`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +120,9 @@ pub struct Status {
     pub protocol_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_info: Option<serde_json::Value>,
+    /// How many times each permission or limit refused something, since Corral started.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub refusals: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -130,6 +137,7 @@ struct Live {
     protocol_version: Option<String>,
     server_info: Option<serde_json::Value>,
     capabilities: serde_json::Value,
+    refusals: BTreeMap<String, u64>,
 }
 
 enum Control {
@@ -235,7 +243,40 @@ impl Server {
             enabled: self.config.enabled,
             protocol_version: live.protocol_version.clone(),
             server_info: live.server_info.clone(),
+            refusals: live.refusals.clone(),
         }
+    }
+
+    /// Something the sandbox refused: counted in the status, logged, and kept as an event.
+    pub(crate) fn refused(&self, r: &crate::sandbox::monitor::Refusal) {
+        // A summary line ("N more refused") carries its count; any other line is one refusal.
+        let count = r
+            .detail
+            .split_once(" more refused")
+            .and_then(|(n, _)| n.parse::<u64>().ok())
+            .unwrap_or(1);
+        *lock(&self.live).refusals.entry(r.key.clone()).or_default() += count;
+        let text = format!("sandbox: {} refused by {}", r.detail, r.key);
+        tracing::warn!(server = %self.config.id, refused_by = %r.key, "{}", r.detail);
+        self.logs.push("corral", &text);
+        let state = self.state();
+        self.remember(Event {
+            at: crate::time::now(),
+            from: state,
+            to: state,
+            reason: r.detail.clone(),
+            refused_by: Some(r.key.clone()),
+            exit_code: None,
+            signal: None,
+        });
+    }
+
+    fn remember(&self, event: Event) {
+        let mut h = lock(&self.history);
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(event);
     }
 
     fn set_state(&self, to: State, reason: &str, exit: Option<&ExitInfo>) {
@@ -248,6 +289,7 @@ impl Server {
             from,
             to,
             reason: reason.to_string(),
+            refused_by: None,
             exit_code: exit.and_then(|e| e.code),
             signal: exit.and_then(|e| e.signal),
         };
@@ -256,13 +298,7 @@ impl Server {
             "corral",
             &format!("{} → {}: {reason}", from.as_str(), to.as_str()),
         );
-        {
-            let mut h = lock(&self.history);
-            if h.len() == HISTORY {
-                h.pop_front();
-            }
-            h.push_back(event);
-        }
+        self.remember(event);
         self.state.send_replace(to);
     }
 }

@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 
 use crate::config::Launch;
 use crate::sandbox::Policy;
-use crate::sandbox::cgroup::Cgroup;
+use crate::sandbox::cgroup::Cgroups;
 
 /// How a server process ended.
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
@@ -82,11 +82,14 @@ pub type Log = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 pub struct Spawned {
     pub child: Child,
     pub limits: Option<Confinement>,
+    /// The read end of the sandbox's report pipe: one [`Refusal`](crate::sandbox::monitor::Refusal)
+    /// per line.
+    pub reports: Option<std::os::fd::OwnedFd>,
 }
 
 /// The limits a sandboxed server runs under, to explain its exit.
 pub struct Confinement {
-    pub cgroup: Option<Cgroup>,
+    pub cgroups: Cgroups,
     /// The `allowedHosts` proxy; it lives as long as the server.
     pub egress: Option<crate::sandbox::egress::EgressProxy>,
     pub memory_mb: Option<u64>,
@@ -96,8 +99,8 @@ pub struct Confinement {
 impl Confinement {
     /// Which limit ended the server, if one did.
     pub fn fired(&self, exit: &ExitInfo) -> Option<String> {
-        if let (Some(cg), Some(mb)) = (&self.cgroup, self.memory_mb)
-            && cg.oom_kills() > 0
+        if let Some(mb) = self.memory_mb
+            && self.cgroups.oom_kills() > 0
         {
             return Some(format!("was OOM-killed: limits.memory = {mb} MB"));
         }
@@ -132,12 +135,12 @@ pub fn spawn(
             },
         });
     };
-    let (mut cmd, limits) = match sandbox {
+    let (mut cmd, limits, reports) = match sandbox {
         None => {
             let mut cmd = Command::new(&program);
             cmd.args(&launch.args).envs(&launch.env);
             die_with_corral(&mut cmd);
-            (cmd, None)
+            (cmd, None, None)
         }
         Some(policy) => confined(launch, &program, policy, server, log)?,
     };
@@ -154,7 +157,11 @@ pub fn spawn(
         program: launch.program.clone(),
         source,
     })?;
-    Ok(Spawned { child, limits })
+    Ok(Spawned {
+        child,
+        limits,
+        reports,
+    })
 }
 
 /// Makes the server get SIGKILL if Corral dies without stopping it (a crash, `kill -9`), so
@@ -181,6 +188,9 @@ fn die_with_corral(cmd: &mut Command) {
     }
 }
 
+/// A command ready to spawn, what confines it, and the report pipe's read end.
+type Confined = (Command, Option<Confinement>, Option<std::os::fd::OwnedFd>);
+
 /// The command that starts the server through the sandbox shim.
 fn confined(
     launch: &Launch,
@@ -188,7 +198,7 @@ fn confined(
     policy: &Policy,
     server: &str,
     log: &Log,
-) -> Result<(Command, Option<Confinement>), SpawnError> {
+) -> Result<Confined, SpawnError> {
     let mut policy = policy.clone();
     let program = if policy.spawn {
         program.to_path_buf()
@@ -196,23 +206,25 @@ fn confined(
         real_program(launch, program)?
     };
     policy.allow_runtime(&program, &launch.args, launch.cwd.as_deref());
-    let mut cgroup = None;
-    if let Some(mb) = policy.memory_mb {
-        match Cgroup::create(server, mb) {
-            Ok(cg) => {
-                policy.cgroups.push(cg.dir().to_path_buf());
-                cgroup = Some(cg);
-            }
-            Err(reason) => {
-                log(&format!(
-                    "limits.memory: no memory cgroup ({reason}); falling back to RLIMIT_AS, \
-                     which limits virtual memory (runtimes that reserve address space, like \
-                     Node, may fail to start)"
-                ));
-                policy.address_space = Some(mb.saturating_mul(1024 * 1024));
-            }
-        }
+    let made = Cgroups::create(server, policy.memory_mb, policy.pids);
+    if let (Some(mb), Err(reason)) = (policy.memory_mb, &made.memory) {
+        log(&format!(
+            "limits.memory: no memory cgroup ({reason}); falling back to RLIMIT_AS, which limits \
+             virtual memory (runtimes that reserve address space, like Node, may fail to start)"
+        ));
+        policy.address_space = Some(mb.saturating_mul(1024 * 1024));
     }
+    if let (Some(n), Err(reason)) = (policy.pids, &made.pids) {
+        log(&format!(
+            "limits.pids: no pids cgroup ({reason}); falling back to RLIMIT_NPROC, which counts \
+             every process of the user and does not bind root"
+        ));
+        policy.nproc = Some(n);
+    }
+    policy.cgroups = made.cgroups.dirs();
+    policy.counters = made.cgroups.counters();
+    let (reports, report_end) = report_pipe()?;
+    policy.report_fd = Some(crate::sandbox::monitor::REPORT_FD);
     let mut egress = None;
     if policy.egress() {
         let rules = policy
@@ -236,13 +248,60 @@ fn confined(
         .args(&launch.args)
         .env_clear()
         .envs(policy.environment(std::env::vars(), &launch.env));
+    hand_over(&mut cmd, report_end);
     let limits = Confinement {
-        cgroup,
+        cgroups: made.cgroups,
         egress,
         memory_mb: policy.memory_mb,
         cpu_time: policy.cpu_time,
     };
-    Ok((cmd, Some(limits)))
+    Ok((cmd, Some(limits), Some(reports)))
+}
+
+/// The sandbox's report pipe: (read end for Corral, write end for the shim), both
+/// close-on-exec so no other child inherits them.
+fn report_pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), SpawnError> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SpawnError::Sandbox(format!(
+            "cannot make the report pipe: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: pipe2 succeeded: both are fresh descriptors that nothing else owns.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Gives the shim `end` as descriptor [`REPORT_FD`](crate::sandbox::monitor::REPORT_FD), the
+/// only descriptor beyond stdio it inherits. The command keeps `end` alive until it is dropped
+/// after the spawn, which closes Corral's copy.
+fn hand_over(cmd: &mut Command, end: std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let target = crate::sandbox::monitor::REPORT_FD;
+    let fd = end.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (dup2, fcntl); `end` is moved in, so `fd` stays open until the command drops.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &end;
+            if fd == target {
+                // Already in place: only the close-on-exec flag must go.
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// With `spawn: false` the server must be the process that runs: a launcher that starts it as

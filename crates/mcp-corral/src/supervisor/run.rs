@@ -285,6 +285,9 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
                     | SpawnError::Sandbox(_) => LaunchError::Fatal(e.to_string()),
                 })?;
             let (mut child, limits) = (spawned.child, spawned.limits.map(Box::new));
+            if let Some(fd) = spawned.reports {
+                watch_refusals(server, fd);
+            }
             let pid = child.id().unwrap_or(0);
             {
                 let mut live = lock(&server.live);
@@ -359,6 +362,32 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
         eof: eof_rx,
         since: Instant::now(),
     })
+}
+
+/// Records what the sandbox refuses, as its monitor reports it (see `sandbox::monitor`).
+fn watch_refusals(server: &Arc<Server>, fd: std::os::fd::OwnedFd) {
+    let reports = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(r) => r,
+        Err(e) => {
+            server.logs.push(
+                "corral",
+                &format!("sandbox refusals will not be reported: {e}"),
+            );
+            return;
+        }
+    };
+    let target = Arc::downgrade(server);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reports).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Some(server) = target.upgrade() else {
+                return;
+            };
+            if let Some(r) = crate::sandbox::monitor::Refusal::parse(&line) {
+                server.refused(&r);
+            }
+        }
+    });
 }
 
 fn last_stderr(server: &Server) -> String {
