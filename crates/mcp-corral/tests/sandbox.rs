@@ -159,7 +159,8 @@ async fn network_false_cuts_tcp_and_host_unix_sockets() {
     );
     let (_, logs) = c.get("/logs?name=offline&lines=50").await;
     assert!(
-        logs.to_string().contains("refused by permissions.network"),
+        logs.to_string()
+            .contains("sandbox (permissions.network): an AF_INET socket was refused"),
         "{logs}"
     );
     // The control: an unrestricted network reaches both.
@@ -544,8 +545,15 @@ async fn allowed_hosts_lets_one_target_through_and_no_other() {
         "the transparent connection reached the proxy as the name: {text}"
     );
     assert!(
-        text.contains("`unlisted.invalid` refused"),
+        text.contains(
+            "sandbox (permissions.allowedHosts): DNS lookup of `unlisted.invalid` refused"
+        ),
         "refused lookups are logged: {text}"
+    );
+    let (_, s) = c.get("/runner/status/web").await;
+    assert!(
+        s["refusals"]["permissions.allowedHosts"].as_u64() >= Some(4),
+        "each refused connection and lookup is counted: {s}"
     );
     c.terminate().await;
 }

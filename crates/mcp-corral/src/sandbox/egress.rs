@@ -117,9 +117,8 @@ impl Drop for EgressProxy {
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
-/// Starts the proxy for `server`; `denied` hears every refusal.
+/// Starts a proxy; `denied` hears every refusal.
 pub fn start(
-    server: &str,
     rules: Vec<HostRule>,
     denied: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> std::io::Result<EgressProxy> {
@@ -131,13 +130,12 @@ pub fn start(
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     let rules = Arc::new(rules);
-    let server = server.to_string();
     let task = tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
-            let (rules, denied, server) = (rules.clone(), denied.clone(), server.clone());
+            let (rules, denied) = (rules.clone(), denied.clone());
             tokio::spawn(async move {
                 if let Err(e) = serve(conn, &rules).await {
-                    denied(&format!("egress denied for `{server}`: {e}"));
+                    denied(&format!("egress denied: {e}"));
                 }
             });
         }

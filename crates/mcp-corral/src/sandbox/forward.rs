@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -61,6 +62,7 @@ pub struct Forwarder {
     direct: Vec<(TcpListener, u16)>,
     dns: UdpSocket,
     rules: Vec<HostRule>,
+    report: Option<RawFd>,
 }
 
 impl Forwarder {
@@ -91,6 +93,7 @@ impl Forwarder {
             direct,
             dns,
             rules,
+            report: policy.report_fd,
         })
     }
 }
@@ -130,6 +133,7 @@ fn serve(forward: Forwarder) -> ! {
         direct,
         dns,
         rules,
+        report,
     } = forward;
     for (listener, port) in direct {
         let s = socket.clone();
@@ -141,6 +145,7 @@ fn serve(forward: Forwarder) -> ! {
         socket,
         rules,
         assigned: Mutex::new(HashMap::new()),
+        report,
     };
     Arc::new(names).answer_dns(dns)
 }
@@ -197,9 +202,24 @@ struct Names {
     socket: PathBuf,
     rules: Vec<HostRule>,
     assigned: Mutex<HashMap<String, Ipv4Addr>>,
+    /// The shim's report pipe (see `monitor`), inherited from the shim.
+    report: Option<RawFd>,
 }
 
 impl Names {
+    /// Tells Corral, on the report pipe when there is one, else on stderr (the server's log).
+    fn refused(&self, detail: &str) {
+        match self.report {
+            Some(fd) => {
+                let line = format!("permissions.allowedHosts {detail}\n");
+                // SAFETY: writing a buffer we own to a descriptor this process holds; the pipe
+                // is non-blocking (set by the monitor), so a full pipe drops the line.
+                unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+            }
+            None => eprintln!("corral sandbox: {detail}"),
+        }
+    }
+
     fn answer_dns(self: Arc<Self>, dns: UdpSocket) -> ! {
         let mut buf = [0u8; 1500];
         loop {
@@ -262,7 +282,9 @@ impl Names {
         let allowed = self.address(&name);
         let rcode = if allowed.is_some() { 0 } else { 3 };
         if allowed.is_none() {
-            eprintln!("corral sandbox: DNS lookup of `{name}` refused (not in allowedHosts)");
+            self.refused(&format!(
+                "DNS lookup of `{name}` refused (not in allowedHosts)"
+            ));
         }
         out.push(0x80 | 0x04 | rd); // response, authoritative, recursion desired echoed
         out.push(0x80 | rcode); // recursion available
@@ -332,6 +354,7 @@ mod tests {
                 HostRule::parse("*.cdn.example").unwrap(),
             ],
             assigned: Mutex::new(HashMap::new()),
+            report: None,
         });
         let r = names.reply(&query("API.example.com", 1)).unwrap();
         assert_eq!(&r[..2], &[0x12, 0x34], "same id");

@@ -256,7 +256,7 @@ impl Server {
             .and_then(|(n, _)| n.parse::<u64>().ok())
             .unwrap_or(1);
         *lock(&self.live).refusals.entry(r.key.clone()).or_default() += count;
-        let text = format!("sandbox: {} refused by {}", r.detail, r.key);
+        let text = format!("sandbox ({}): {}", r.key, r.detail);
         tracing::warn!(server = %self.config.id, refused_by = %r.key, "{}", r.detail);
         self.logs.push("corral", &text);
         let state = self.state();

@@ -75,8 +75,13 @@ pub enum SpawnError {
     Sandbox(String),
 }
 
-/// Where a server's sandbox reports (warnings, denied connections): its log ring.
-pub type Log = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+/// Where a server's sandbox reports: warnings to its log ring, and what Corral's side of the
+/// sandbox (the egress proxy) refused to its refusal record.
+#[derive(Clone)]
+pub struct Log {
+    pub warn: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
+    pub refused: std::sync::Arc<dyn Fn(&crate::sandbox::monitor::Refusal) + Send + Sync>,
+}
 
 /// A spawned server process, with what confines it.
 pub struct Spawned {
@@ -208,14 +213,14 @@ fn confined(
     policy.allow_runtime(&program, &launch.args, launch.cwd.as_deref());
     let made = Cgroups::create(server, policy.memory_mb, policy.pids);
     if let (Some(mb), Err(reason)) = (policy.memory_mb, &made.memory) {
-        log(&format!(
+        (log.warn)(&format!(
             "limits.memory: no memory cgroup ({reason}); falling back to RLIMIT_AS, which limits \
              virtual memory (runtimes that reserve address space, like Node, may fail to start)"
         ));
         policy.address_space = Some(mb.saturating_mul(1024 * 1024));
     }
     if let (Some(n), Err(reason)) = (policy.pids, &made.pids) {
-        log(&format!(
+        (log.warn)(&format!(
             "limits.pids: no pids cgroup ({reason}); falling back to RLIMIT_NPROC, which counts \
              every process of the user and does not bind root"
         ));
@@ -232,7 +237,14 @@ fn confined(
             .iter()
             .filter_map(|h| crate::sandbox::egress::HostRule::parse(h).ok())
             .collect();
-        let proxy = crate::sandbox::egress::start(server, rules, log.clone())
+        let refused = log.refused.clone();
+        let denied = std::sync::Arc::new(move |detail: &str| {
+            refused(&crate::sandbox::monitor::Refusal {
+                key: "permissions.allowedHosts".into(),
+                detail: detail.to_string(),
+            })
+        });
+        let proxy = crate::sandbox::egress::start(rules, denied)
             .map_err(|e| SpawnError::Sandbox(format!("cannot start the egress proxy: {e}")))?;
         policy.egress_socket = Some(proxy.path().to_path_buf());
         egress = Some(proxy);

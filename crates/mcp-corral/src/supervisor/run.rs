@@ -270,13 +270,20 @@ async fn launch(server: &Arc<Server>, shared: &Arc<Shared>) -> Result<Running, L
             (Proc::Remote { task: bridge.task }, conn)
         }
         None => {
-            let log_to = Arc::downgrade(server);
-            let log: process::Log = Arc::new(move |msg: &str| {
-                if let Some(s) = log_to.upgrade() {
-                    tracing::warn!(server = %s.id(), "{msg}");
-                    s.logs.push("corral", msg);
-                }
-            });
+            let (log_to, refused_to) = (Arc::downgrade(server), Arc::downgrade(server));
+            let log = process::Log {
+                warn: Arc::new(move |msg: &str| {
+                    if let Some(s) = log_to.upgrade() {
+                        tracing::warn!(server = %s.id(), "{msg}");
+                        s.logs.push("corral", msg);
+                    }
+                }),
+                refused: Arc::new(move |r| {
+                    if let Some(s) = refused_to.upgrade() {
+                        s.refused(r);
+                    }
+                }),
+            };
             let spawned = process::spawn(&cfg.launch, cfg.sandbox.as_ref(), &cfg.id, &log)
                 .map_err(|e| match e {
                     SpawnError::PackageManagerMissing { .. }
