@@ -17,6 +17,7 @@ pub mod jsonrpc;
 pub mod launcher;
 pub mod lines;
 pub mod sandbox;
+pub mod sched;
 pub mod supervisor;
 pub mod time;
 pub mod tls;

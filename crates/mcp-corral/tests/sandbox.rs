@@ -252,6 +252,27 @@ async fn refused(c: &Corral, id: &str, key: &str) -> Value {
     full
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn corral_runs_as_a_batch_task_and_its_servers_do_not() {
+    let yaml = format!(
+        "servers:\n{}{}",
+        boxed("plain", ""),
+        boxed("boxed", "permissions: {spawn: false}"),
+    );
+    let c = Corral::start(&yaml, &[]).await;
+    // SAFETY: querying the scheduling policy of a process we started.
+    let corral = unsafe { libc::sched_getscheduler(c.child.id().unwrap() as i32) };
+    assert_eq!(corral, libc::SCHED_BATCH);
+    for server in ["plain", "boxed"] {
+        assert_eq!(
+            attempt(&c, server, "sched", "").await,
+            "ALLOWED: SCHED_OTHER",
+            "{server}"
+        );
+    }
+    c.terminate().await;
+}
+
 async fn last_error(c: &Corral, id: &str) -> Value {
     c.wait_status(id, 20, |s| s["lastError"].is_string()).await
 }

@@ -194,6 +194,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::tls::install_provider();
     init_tracing(cli.log_level.as_deref(), cli.log_format);
+    if matches!(cli.command, Command::Serve(_) | Command::Sandbox) {
+        // Before the runtime exists, so that all of its threads inherit the policy.
+        crate::sched::prefer_batching();
+    }
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -62,6 +62,8 @@ fn errno(step: &'static str) -> Step {
 }
 
 fn run(policy: &Policy, program: &str, argv: &[String]) -> Result<(), Step> {
+    // Corral's own scheduling policy is not the server's (see `sched`).
+    crate::sched::reset_in_child();
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
         return Err(errno("prctl(PDEATHSIG)"));

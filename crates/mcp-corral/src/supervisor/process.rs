@@ -178,9 +178,11 @@ pub fn spawn(
 fn die_with_corral(cmd: &mut Command) {
     let corral = std::process::id();
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid, _exit); it allocates nothing.
+    // functions (prctl, getppid, sched_setscheduler, _exit); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // Corral's own scheduling policy is not the server's.
+            crate::sched::reset_in_child();
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
