@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Strategy, Trap,
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Strategy, Trap,
 };
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -52,6 +53,59 @@ define('STDIN', fopen('/code/stdin', 'rb'));
 define('STDOUT', fopen('php://output', 'wb'));
 define('STDERR', fopen('corral-stderr://', 'wb'));
 "#;
+/// Runs the program as `python -c` would, minus two costs of a warm run (measured with the
+/// same hello world: 34 ms → about 25 ms):
+/// - `-S` skips `site`, whose work here is importing `os` (3 ms; a program that wants it still
+///   imports it) and defining the `exit`/`quit` builtins, given back below. The build has no
+///   site-packages directory, so `sys.path` is the same either way.
+/// - At the end, instead of tearing the interpreter down (5.5 ms of freeing every object), it
+///   runs the `atexit` handlers, flushes the streams and exits at once.
+///
+/// The program arrives as `sys.argv[1]` and is removed from it, so `sys.argv == ['-c']` as under
+/// `python -c`. It runs through `exec` of the string, as `-c` does: the `compile()` builtin would
+/// first build Python's AST classes, 4 ms. Tracebacks leave out this wrapper's frame, and
+/// `SystemExit` keeps its meaning.
+const PYTHON_MAIN: &str = r#"def _corral_main():
+    import sys, atexit, builtins, posix
+    del globals()['_corral_main']
+    builtins.exit = builtins.quit = sys.exit
+    source = sys.argv.pop(1)
+    status = 0
+    try:
+        exec(source, sys.modules['__main__'].__dict__)
+    except SystemExit as e:
+        if e.code is None:
+            status = 0
+        elif isinstance(e.code, int):
+            status = e.code
+        else:
+            print(e.code, file=sys.stderr)
+            status = 1
+    except BaseException as e:
+        if e.__traceback__ is not None:
+            e.__traceback__ = e.__traceback__.tb_next
+        sys.excepthook(type(e), e, e.__traceback__)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    posix._exit(status & 0xff)
+_corral_main()
+"#;
+/// Instance slots per engine: twice the runs Corral lets run at once (one per core), each of
+/// which has one instance at a time (a C build runs clang, then wasm-ld, then the program),
+/// and at least 16 for callers of this crate that bound their runs differently. A run that
+/// finds no free slot fails with an engine error.
+fn pool_slots() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+    cores.saturating_mul(2).max(16)
+}
+/// Slots kept warm (mapped) after use, and how much of each stays resident.
+const WARM_SLOTS: u32 = 4;
+const KEEP_RESIDENT: usize = 32 << 20;
 /// Compiled user programs kept, by source digest: at most this many, and at most
 /// [`PROGRAM_CACHE_BYTES`] of native code (a C++ program with iostream is about 4 MB).
 const PROGRAM_CACHE: usize = 64;
@@ -68,6 +122,7 @@ const COMPILER_LIMITS: Limits = Limits {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub timeout: Duration,
+    /// Linear memory; at most 1 GiB (the size of an instance slot, see `pool`).
     pub memory_bytes: usize,
     /// Per stream (stdout, stderr); `tty` holds up to twice this.
     pub output_bytes: usize,
@@ -286,11 +341,38 @@ fn wasi_linker(engine: &Engine) -> Result<Linker<State>, RunError> {
     Ok(linker)
 }
 
+/// Instances come from a pool of preallocated slots instead of fresh mappings. A slot keeps
+/// its first [`KEEP_RESIDENT`] bytes mapped between runs and, where the kernel can report
+/// which pages a run wrote (`PAGEMAP_SCAN`, Linux 6.7), zeroes only those: the next run of the
+/// same interpreter takes far fewer page faults (measured: Python hello world 26.6 → 24.8 ms,
+/// Ruby 33.6 → 29.6 ms against fresh mappings).
+fn pool() -> PoolingAllocationConfig {
+    let slots = pool_slots();
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_memories(slots)
+        .total_tables(slots)
+        .total_core_instances(slots)
+        .total_stacks(slots)
+        .total_component_instances(0)
+        .total_gc_heaps(0)
+        // The compiler's limit is the largest any run gets.
+        .max_memory_size(COMPILER_LIMITS.memory_bytes)
+        // clang.wasm's function table is the largest here.
+        .table_elements(200_000)
+        .max_core_instance_size(16 << 20)
+        .max_unused_warm_slots(WARM_SLOTS)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(1 << 20)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    pool
+}
+
 impl Sandbox {
     /// Engines over the runtime cache `cache` (see [`runtimes::default_cache`]).
     pub fn new(cache: &Path) -> Result<Arc<Sandbox>, RunError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
         let engine = Engine::new(&config).map_err(engine_error)?;
         config.strategy(Strategy::Winch);
         let winch = Engine::new(&config).map_err(engine_error)?;
@@ -423,7 +505,9 @@ impl Sandbox {
         let mut code_dir = None;
         let mut stdin = job.stdin;
         let argv: Vec<String> = match runtime {
-            Runtime::Python => vec!["python".into(), "-c".into(), job.code.into()],
+            Runtime::Python => ["python", "-S", "-c", PYTHON_MAIN, job.code]
+                .map(String::from)
+                .to_vec(),
             Runtime::Quickjs => vec!["qjs".into(), "--std".into(), "-e".into(), job.code.into()],
             Runtime::Ruby => {
                 code_dir = Some(self.workdir(&[

@@ -81,6 +81,42 @@ fn hello_world_exit_codes_and_stderr_in_both_runtimes() {
     assert_eq!(text(&o.stdout), "2,4,6\n");
 }
 
+/// Corral starts Python its own way (no `site`, no interpreter teardown; see `PYTHON_MAIN`):
+/// programs must not be able to tell, apart from `sys.flags.no_site`.
+#[test]
+fn python_programs_see_what_python_dash_c_gives_them() {
+    let run = |code: &str| {
+        let o = corral_run(&["python", "-c", code]);
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let (code, out, _) = run(
+        "import sys; print(sys.argv, __name__); print([k for k in globals() if not k.startswith('__') and k != 'sys'])",
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "['-c'] __main__\n[]\n"));
+    assert_eq!(run("exit(4)").0, Some(4));
+    assert_eq!(run("quit()").0, Some(0));
+    assert_eq!(run("import sys; sys.exit(300)").0, Some(300 & 0xff));
+    let (code, _, err) = run("raise SystemExit('bye')");
+    assert_eq!((code, err.as_str()), (Some(1), "bye\n"));
+    let (_, out, _) =
+        run("import atexit; atexit.register(lambda: print('atexit ran')); print('main')");
+    assert_eq!(out, "main\natexit ran\n");
+    let (_, out, _) = run("import sys; sys.stdout.write('no newline')");
+    assert_eq!(out, "no newline", "buffered output is flushed");
+    let (code, _, err) = run("def f():\n    1 / 0\nf()");
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err,
+        "Traceback (most recent call last):\n  File \"<string>\", line 3, in <module>\n  File \"<string>\", line 2, in f\nZeroDivisionError: division by zero\n"
+    );
+    let (code, _, err) = run("print(");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("SyntaxError") && !err.contains("_corral_main"),
+        "{err}"
+    );
+}
+
 /// Each runtime reads a line of stdin, greets it with non-ASCII text, warns on stderr and
 /// exits 3; then runs a small realistic program.
 #[test]
