@@ -24,6 +24,7 @@ use crate::runtimes::{self, Artifact, InstallError, Launch, Runtime};
 const TICK: Duration = Duration::from_millis(10);
 /// Part of every `.cwasm` name: artifacts only load into an engine configured the same way.
 const ENGINE_TAG: &str = "w48-epoch-cranelift-1";
+const METERED_ENGINE_TAG: &str = "w48-epoch-fuel-cranelift-1";
 /// Gives php-cgi the stream constants of the PHP command line. This build cannot open
 /// `php://stdin` or `php://stderr` (both `dup()` a descriptor, which WASI lacks), so STDIN reads
 /// a read-only copy of the run's stdin, and STDERR writes lines through `error_log()`, which
@@ -116,6 +117,7 @@ const COMPILER_LIMITS: Limits = Limits {
     timeout: Duration::from_secs(30),
     memory_bytes: 1 << 30,
     output_bytes: 1 << 20,
+    fuel: None,
 };
 
 /// What one run may use.
@@ -124,6 +126,10 @@ pub struct Limits {
     pub timeout: Duration,
     /// Linear memory; at most 1 GiB (the size of an instance slot, see `pool`).
     pub memory_bytes: usize,
+    /// Wasm work allowed (wasmtime fuel: about one unit per instruction), or `None` for no
+    /// count. Runs with fuel use a second set of engines whose code counts it, compiled on
+    /// first use (a few seconds per interpreter, then cached like the others).
+    pub fuel: Option<u64>,
     /// Per stream (stdout, stderr); `tty` holds up to twice this.
     pub output_bytes: usize,
 }
@@ -134,6 +140,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(10),
             memory_bytes: 256 << 20,
             output_bytes: 1 << 20,
+            fuel: None,
         }
     }
 }
@@ -164,7 +171,7 @@ pub struct Outcome {
     pub stdout: String,
     pub stderr: String,
     pub truncated: bool,
-    /// Which limit ended the run: `timeout`, `memory`.
+    /// Which limit ended the run: `timeout`, `memory`, `fuel`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<&'static str>,
     /// The trap, for `crashed`.
@@ -268,15 +275,52 @@ impl ResourceLimiter for MemoryCeiling {
 
 /// The engines, the modules ready to instantiate, and the epoch ticker.
 pub struct Sandbox {
-    engine: Engine,
-    linker: Linker<State>,
-    winch: Engine,
-    winch_linker: Linker<State>,
+    /// For every run without fuel, and for the compilers.
+    plain: Engines,
+    /// For runs with fuel, made on first use.
+    metered: std::sync::OnceLock<Result<Engines, String>>,
     cache: PathBuf,
     /// Parent of the per-run directories: memory-backed when the host has `/dev/shm`.
     scratch: PathBuf,
+}
+
+/// One wasmtime configuration: Cranelift for the interpreters and compilers, Winch for the
+/// programs they build, each with its linker, and what has been loaded into them.
+struct Engines {
+    /// Part of each `.cwasm` name (see [`ENGINE_TAG`]).
+    tag: &'static str,
+    cranelift: Engine,
+    cranelift_linker: Linker<State>,
+    winch: Engine,
+    winch_linker: Linker<State>,
     modules: Mutex<HashMap<&'static str, InstancePre<State>>>,
     programs: Mutex<ProgramCache>,
+}
+
+impl Engines {
+    fn new(fuel: bool) -> Result<Engines, RunError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.consume_fuel(fuel);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
+        let cranelift = Engine::new(&config).map_err(engine_error)?;
+        config.strategy(Strategy::Winch);
+        let winch = Engine::new(&config).map_err(engine_error)?;
+        Ok(Engines {
+            tag: if fuel { METERED_ENGINE_TAG } else { ENGINE_TAG },
+            cranelift_linker: wasi_linker(&cranelift)?,
+            winch_linker: wasi_linker(&winch)?,
+            cranelift,
+            winch,
+            modules: Mutex::new(HashMap::new()),
+            programs: Mutex::new(ProgramCache::default()),
+        })
+    }
+
+    fn tick(&self) {
+        self.cranelift.increment_epoch();
+        self.winch.increment_epoch();
+    }
 }
 
 /// Least-recently-used compiled programs.
@@ -370,12 +414,7 @@ fn pool() -> PoolingAllocationConfig {
 impl Sandbox {
     /// Engines over the runtime cache `cache` (see [`runtimes::default_cache`]).
     pub fn new(cache: &Path) -> Result<Arc<Sandbox>, RunError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool()));
-        let engine = Engine::new(&config).map_err(engine_error)?;
-        config.strategy(Strategy::Winch);
-        let winch = Engine::new(&config).map_err(engine_error)?;
+        let plain = Engines::new(false)?;
         let shm = Path::new("/dev/shm");
         let scratch = if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
             shm.to_path_buf()
@@ -383,22 +422,20 @@ impl Sandbox {
             std::env::temp_dir()
         };
         let sandbox = Arc::new(Sandbox {
-            linker: wasi_linker(&engine)?,
-            winch_linker: wasi_linker(&winch)?,
-            engine,
-            winch,
+            plain,
+            metered: std::sync::OnceLock::new(),
             cache: cache.to_path_buf(),
             scratch,
-            modules: Mutex::new(HashMap::new()),
-            programs: Mutex::new(ProgramCache::default()),
         });
         let weak = Arc::downgrade(&sandbox);
         std::thread::Builder::new()
             .name("corral-wasm-epoch".into())
             .spawn(move || {
                 while let Some(s) = weak.upgrade() {
-                    s.engine.increment_epoch();
-                    s.winch.increment_epoch();
+                    s.plain.tick();
+                    if let Some(Ok(metered)) = s.metered.get() {
+                        metered.tick();
+                    }
                     drop(s);
                     std::thread::sleep(TICK);
                 }
@@ -410,11 +447,12 @@ impl Sandbox {
     /// Loads a runtime (compiling it to the cache the first time) so runs start at once.
     pub fn prepare(&self, runtime: Runtime) -> Result<(), RunError> {
         match runtime.launch() {
-            Launch::Interpreter(artifact) => self.module(runtime, artifact).map(drop),
+            Launch::Interpreter(artifact) => self.module(&self.plain, runtime, artifact).map(drop),
             Launch::Compiler { .. } => {
                 runtimes::unpack_sysroot(&self.cache)?;
-                self.module(runtime, &runtimes::CLANG)?;
-                self.module(runtime, &runtimes::WASM_LD).map(drop)
+                self.module(&self.plain, runtime, &runtimes::CLANG)?;
+                self.module(&self.plain, runtime, &runtimes::WASM_LD)
+                    .map(drop)
             }
         }
     }
@@ -431,26 +469,47 @@ impl Sandbox {
 
     fn module(
         &self,
+        engines: &Engines,
         runtime: Runtime,
         artifact: &'static Artifact,
     ) -> Result<InstancePre<State>, RunError> {
-        if let Some(pre) = lock(&self.modules).get(artifact.file) {
+        if let Some(pre) = lock(&engines.modules).get(artifact.file) {
             return Ok(pre.clone());
         }
-        let module = self.load(runtime, artifact)?;
-        let pre = self.linker.instantiate_pre(&module).map_err(engine_error)?;
-        lock(&self.modules).insert(artifact.file, pre.clone());
+        let module = self.load(engines, runtime, artifact)?;
+        let pre = engines
+            .cranelift_linker
+            .instantiate_pre(&module)
+            .map_err(engine_error)?;
+        lock(&engines.modules).insert(artifact.file, pre.clone());
         Ok(pre)
+    }
+
+    /// The engines for a run with these limits.
+    fn engines(&self, limits: &Limits) -> Result<&Engines, RunError> {
+        if limits.fuel.is_none() {
+            return Ok(&self.plain);
+        }
+        self.metered
+            .get_or_init(|| Engines::new(true).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| RunError::Engine(e.clone()))
     }
 
     /// The compiled module: from its `.cwasm` when one exists for this engine, else compiled
     /// from the verified file and saved.
-    fn load(&self, runtime: Runtime, artifact: &'static Artifact) -> Result<Module, RunError> {
+    fn load(
+        &self,
+        engines: &Engines,
+        runtime: Runtime,
+        artifact: &'static Artifact,
+    ) -> Result<Module, RunError> {
         let dir = runtime.dir(&self.cache);
         let stem = artifact.file.trim_end_matches(".wasm");
         let compiled = dir.join(format!(
-            "{stem}-{}-{ENGINE_TAG}.cwasm",
-            &artifact.sha256[..16]
+            "{stem}-{}-{}.cwasm",
+            &artifact.sha256[..16],
+            engines.tag
         ));
         // The artifact was compiled from a verified file, so loading it needs no second hash
         // of the interpreter (up to 31 MB); `corral runtimes verify` still checks them.
@@ -458,7 +517,7 @@ impl Sandbox {
             // SAFETY: the file is one this code wrote into Corral's own cache, for an engine
             // configured the same way (the name carries the configuration and wasmtime
             // checks its version and settings on load).
-            if let Ok(m) = unsafe { Module::deserialize_file(&self.engine, &compiled) } {
+            if let Ok(m) = unsafe { Module::deserialize_file(&engines.cranelift, &compiled) } {
                 return Ok(m);
             }
         }
@@ -466,13 +525,16 @@ impl Sandbox {
         let path = artifact.path(&dir);
         let wasm = std::fs::read(&path)
             .map_err(|e| RunError::Engine(format!("{}: {e}", path.display())))?;
-        let bytes = self.engine.precompile_module(&wasm).map_err(engine_error)?;
+        let bytes = engines
+            .cranelift
+            .precompile_module(&wasm)
+            .map_err(engine_error)?;
         let staged = compiled.with_extension("part");
         if std::fs::write(&staged, &bytes).is_ok() {
             let _ = std::fs::rename(&staged, &compiled);
         }
         // SAFETY: `bytes` came from this engine's own `precompile_module` just above.
-        unsafe { Module::deserialize(&self.engine, &bytes) }.map_err(engine_error)
+        unsafe { Module::deserialize(&engines.cranelift, &bytes) }.map_err(engine_error)
     }
 
     /// A fresh private directory holding `files`, removed when dropped.
@@ -492,9 +554,10 @@ impl Sandbox {
     pub fn run(&self, job: Job<'_>) -> Result<Outcome, RunError> {
         let prepared = Instant::now();
         let runtime = job.runtime;
+        let engines = self.engines(&job.limits)?;
         let (pre, program) = match runtime.launch() {
-            Launch::Interpreter(artifact) => (self.module(runtime, artifact)?, None),
-            Launch::Compiler { cpp } => match self.build(runtime, cpp, job.code)? {
+            Launch::Interpreter(artifact) => (self.module(engines, runtime, artifact)?, None),
+            Launch::Compiler { cpp } => match self.build(engines, runtime, cpp, job.code)? {
                 Ok(built) => (built.0.pre.clone(), Some(built)),
                 Err(failed) => return Ok(failed),
             },
@@ -563,9 +626,9 @@ impl Sandbox {
             })
             .collect();
         let engine = if program.is_some() {
-            &self.winch
+            &engines.winch
         } else {
-            &self.engine
+            &engines.cranelift
         };
         let mut outcome = execute(engine, &pre, &argv, stdin, &mounts, job.limits)?;
         outcome.prepare_ms = prepare_ms;
@@ -584,12 +647,13 @@ impl Sandbox {
     /// the outcome to report when compiling or linking failed.
     fn build(
         &self,
+        engines: &Engines,
         runtime: Runtime,
         cpp: bool,
         code: &str,
     ) -> Result<Result<(Program, Compile), Outcome>, RunError> {
         let key = runtimes::sha256_hex(format!("{}\0{code}", runtime.name()).as_bytes());
-        if let Some(program) = lock(&self.programs).get(&key) {
+        if let Some(program) = lock(&engines.programs).get(&key) {
             return Ok(Ok((
                 program,
                 Compile {
@@ -599,8 +663,9 @@ impl Sandbox {
             )));
         }
         let started = Instant::now();
-        let clang = self.module(runtime, &runtimes::CLANG)?;
-        let wasm_ld = self.module(runtime, &runtimes::WASM_LD)?;
+        // The compilers always run on the plain engines: fuel is for the program.
+        let clang = self.module(&self.plain, runtime, &runtimes::CLANG)?;
+        let wasm_ld = self.module(&self.plain, runtime, &runtimes::WASM_LD)?;
         let sys = runtimes::unpack_sysroot(&self.cache)?.join("sys");
         let source = if cpp { "program.cpp" } else { "program.c" };
         let work = self.workdir(&[(source, code.as_bytes())])?;
@@ -667,7 +732,7 @@ impl Sandbox {
         for (tool, pre, argv) in [("clang", &clang, cc), ("wasm-ld", &wasm_ld, ld)] {
             let argv: Vec<String> = argv.into_iter().map(String::from).collect();
             let mut step = execute(
-                &self.engine,
+                &self.plain.cranelift,
                 pre,
                 &argv,
                 Stdin::Bytes(b""),
@@ -703,10 +768,10 @@ impl Sandbox {
         let built = work.path().join("program.wasm");
         let wasm = std::fs::read(&built)
             .map_err(|e| RunError::Engine(format!("{}: {e}", built.display())))?;
-        let module = Module::new(&self.winch, &wasm).map_err(engine_error)?;
+        let module = Module::new(&engines.winch, &wasm).map_err(engine_error)?;
         let image = module.image_range();
         let bytes = (image.end as usize).saturating_sub(image.start as usize);
-        let pre = self
+        let pre = engines
             .winch_linker
             .instantiate_pre(&module)
             .map_err(engine_error)?;
@@ -715,7 +780,7 @@ impl Sandbox {
             diagnostics,
             bytes,
         };
-        lock(&self.programs).put(key, program.clone());
+        lock(&engines.programs).put(key, program.clone());
         let compile = Compile {
             ms: started.elapsed().as_secs_f64() * 1000.0,
             cached: false,
@@ -759,6 +824,9 @@ fn execute(
         },
     );
     store.limiter(|s| &mut s.limiter);
+    if let Some(fuel) = limits.fuel {
+        store.set_fuel(fuel).map_err(engine_error)?;
+    }
     let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1) as u64;
     store.set_epoch_deadline(ticks);
     store.epoch_deadline_trap();
@@ -784,6 +852,16 @@ fn execute(
                 )
             } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                 (Status::Timeout, None, Some("timeout"), None)
+            } else if e.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+                (
+                    Status::Terminated,
+                    None,
+                    Some("fuel"),
+                    Some(format!(
+                        "fuel limit of {} ran out",
+                        limits.fuel.unwrap_or(0)
+                    )),
+                )
             } else {
                 (Status::Crashed, None, None, Some(format!("{e:#}")))
             }

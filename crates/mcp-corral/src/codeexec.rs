@@ -49,7 +49,7 @@ pub fn tool() -> Value {
                 "stdout": {"type": "string"},
                 "stderr": {"type": "string"},
                 "truncated": {"type": "boolean"},
-                "limit": {"type": "string", "enum": ["timeout", "memory"]},
+                "limit": {"type": "string", "enum": ["timeout", "memory", "fuel"]},
                 "error": {"type": "string"},
                 "durationMs": {"type": "number"},
                 "prepareMs": {"type": "number"},
@@ -75,7 +75,9 @@ pub struct Request {
     pub ruby_gems: bool,
 }
 
-pub fn parse(args: &Value) -> Result<Request, String> {
+/// `defaults` are the server's own limits (`corral sandbox --fuel`); a call may shorten or
+/// lengthen its wall time within [`MAX_TIMEOUT`].
+pub fn parse(args: &Value, defaults: Limits) -> Result<Request, String> {
     let name = args
         .get("runtime")
         .and_then(Value::as_str)
@@ -92,7 +94,7 @@ pub fn parse(args: &Value) -> Result<Request, String> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let mut limits = Limits::default();
+    let mut limits = defaults;
     if let Some(ms) = args.get("timeoutMs").and_then(Value::as_u64) {
         limits.timeout = Duration::from_millis(ms).min(MAX_TIMEOUT);
     }
@@ -172,7 +174,7 @@ pub async fn run(
 static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `corral sandbox`: a stdio MCP server offering `run_code`.
-pub async fn serve_stdio(sandbox: Arc<Sandbox>) -> std::io::Result<()> {
+pub async fn serve_stdio(sandbox: Arc<Sandbox>, defaults: Limits) -> std::io::Result<()> {
     let warm = sandbox.clone();
     tokio::task::spawn_blocking(move || warm.warm_up());
     let slots = Arc::new(tokio::sync::Semaphore::new(
@@ -205,7 +207,7 @@ pub async fn serve_stdio(sandbox: Arc<Sandbox>) -> std::io::Result<()> {
         let params = msg.get("params").cloned().unwrap_or(Value::Null);
         let (sandbox, slots, tx) = (sandbox.clone(), slots.clone(), tx.clone());
         tokio::spawn(async move {
-            let reply = answer(&sandbox, &slots, &method, &params).await;
+            let reply = answer(&sandbox, &slots, defaults, &method, &params).await;
             let msg = match reply {
                 Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
                 Err((code, message)) => {
@@ -223,6 +225,7 @@ pub async fn serve_stdio(sandbox: Arc<Sandbox>) -> std::io::Result<()> {
 async fn answer(
     sandbox: &Arc<Sandbox>,
     slots: &Arc<tokio::sync::Semaphore>,
+    defaults: Limits,
     method: &str,
     params: &Value,
 ) -> Result<Value, (i64, String)> {
@@ -247,7 +250,7 @@ async fn answer(
                 return Err((-32602, format!("Unknown tool: {name}")));
             }
             let args = params.get("arguments").cloned().unwrap_or(Value::Null);
-            let req = match parse(&args) {
+            let req = match parse(&args, defaults) {
                 Ok(r) => r,
                 Err(msg) => {
                     return Ok(

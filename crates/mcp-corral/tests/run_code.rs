@@ -351,6 +351,60 @@ fn limits_end_runs_with_the_right_status() {
     assert!(!o.status.success(), "deep recursion ends the run");
 }
 
+#[test]
+fn fuel_stops_work_that_would_otherwise_run_on() {
+    // The first run with fuel compiles the interpreter for the metered engine.
+    let o = corral_run(&["python", "--fuel", "1000000000", "-c", "print('enough')"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "enough\n");
+    let started = std::time::Instant::now();
+    let o = corral_run(&["python", "--fuel", "300000000", "-c", "while True: pass"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("fuel limit"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "fuel, not the 10 s wall clock, ended it"
+    );
+    let spin = "int main(void) { volatile unsigned long i = 0; for (;;) i++; }";
+    let o = corral_run(&["c", "--fuel", "1000000", "-c", spin]);
+    assert!(
+        text(&o.stderr).contains("fuel limit"),
+        "{}",
+        text(&o.stderr)
+    );
+    let small = "#include <stdio.h>\nint main(void) { puts(\"small\"); return 0; }";
+    let o = corral_run(&["c", "--fuel", "1000000", "-c", small]);
+    assert_eq!(text(&o.stdout), "small\n", "{}", text(&o.stderr));
+}
+
+#[test]
+fn corral_sandbox_gives_every_call_its_fuel() {
+    use std::io::{BufRead, Write};
+    let mut child = Command::new(BIN)
+        .args(["sandbox", "--fuel", "300000000"])
+        .env("XDG_CACHE_HOME", xdg())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "run_code", "arguments": {"runtime": "python", "code": "while True: pass"}}});
+    writeln!(input, "{call}").unwrap();
+    let mut line = String::new();
+    output.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let result = &v["result"]["structuredContent"];
+    assert_eq!(result["status"], "terminated", "{v}");
+    assert_eq!(result["limit"], "fuel", "{v}");
+    drop(input);
+    child.wait().unwrap();
+}
+
 /// Runs tests/clients/py_run_code.py against `corral sandbox` and returns its JSON.
 #[test]
 fn the_sandbox_server_serves_the_python_sdk_client_and_32_concurrent_runs() {

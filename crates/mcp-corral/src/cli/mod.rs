@@ -71,7 +71,7 @@ enum Command {
     /// Run a program in the WebAssembly sandbox: `corral run python -c 'print(1)'` or a file.
     Run(RunCmd),
     /// A stdio MCP server with the `run_code` tool (a drop-in for `npx @runno/mcp`).
-    Sandbox,
+    Sandbox(SandboxCmd),
     /// List, install or verify run_code's interpreters.
     #[command(subcommand)]
     Runtimes(RuntimesCmd),
@@ -159,6 +159,18 @@ struct RunCmd {
     /// Ruby: load RubyGems (off by default; it costs about 50 ms per run).
     #[arg(long)]
     gems: bool,
+    /// Stop the program after this much WebAssembly work (wasmtime fuel, about one unit per
+    /// instruction; starting Python and printing a line takes about 150 million).
+    #[arg(long, value_name = "UNITS")]
+    fuel: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct SandboxCmd {
+    /// Give every run this much fuel (see `corral run --fuel`); by default runs are limited by
+    /// wall time and memory only.
+    #[arg(long, value_name = "UNITS")]
+    fuel: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,7 +206,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::tls::install_provider();
     init_tracing(cli.log_level.as_deref(), cli.log_format);
-    if matches!(cli.command, Command::Serve(_) | Command::Sandbox) {
+    if matches!(cli.command, Command::Serve(_) | Command::Sandbox(_)) {
         // Before the runtime exists, so that all of its threads inherit the policy.
         crate::sched::prefer_batching();
     }
@@ -243,6 +255,7 @@ async fn run_code(r: RunCmd) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let limits = codeexec::Limits {
         timeout: std::time::Duration::from_millis(r.timeout_ms),
+        fuel: r.fuel,
         ..codeexec::Limits::default()
     };
     // The program's own stdin is Corral's, read as the program reads it, unless Corral's
@@ -446,10 +459,14 @@ async fn run(command: Command) -> Result<(), CliError> {
         Command::Serve(args) => serve::run(args).await,
         Command::Ls(r) => client::ls(&r).await,
         Command::Run(r) => run_code(r).await,
-        Command::Sandbox => {
+        Command::Sandbox(c) => {
             let sandbox = codeexec::Sandbox::new(&codeexec::runtimes::default_cache())
                 .map_err(|e| CliError::Failed(e.to_string()))?;
-            crate::codeexec::serve_stdio(sandbox)
+            let defaults = codeexec::Limits {
+                fuel: c.fuel,
+                ..codeexec::Limits::default()
+            };
+            crate::codeexec::serve_stdio(sandbox, defaults)
                 .await
                 .map_err(|e| CliError::Failed(e.to_string()))
         }
