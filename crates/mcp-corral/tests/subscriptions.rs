@@ -1,5 +1,6 @@
 //! Resource subscriptions: `notifications/resources/updated` from a real server
-//! (server-everything) reaches only the client that subscribed to that resource.
+//! (server-everything) reaches only the client that subscribed to that resource, and keeps
+//! coming after the server restarts (Corral subscribes again).
 
 mod common;
 
@@ -10,7 +11,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn resource_updates_reach_only_subscribers() {
+async fn resource_updates_reach_only_subscribers_even_after_a_restart() {
     let cfg = everything_yaml(true);
     let corral = Corral::start(&cfg, &[]).await;
     corral
@@ -71,6 +72,39 @@ async fn resource_updates_reach_only_subscribers() {
         !bob_seen.contains("notifications/resources/updated"),
         "{bob_seen}"
     );
+
+    // A restarted server has forgotten the subscription; Corral makes it again.
+    let (status, _) = corral
+        .post("/runner/stop", json!({"serverId": "everything"}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = corral
+        .post("/runner/start", json!({"serverId": "everything"}))
+        .await;
+    assert_eq!(status, 200);
+    corral
+        .wait_status("everything", 20, |s| s["state"] == "running")
+        .await;
+    let v = corral
+        .rpc(
+            Some(&alice),
+            "tools/call",
+            json!({"name": "everything__toggle-subscriber-updates", "arguments": {}}),
+        )
+        .await;
+    assert!(v.get("result").is_some(), "{v}");
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains("notifications/resources/updated") {
+        let chunk = tokio::time::timeout_at(deadline, alice_events.next())
+            .await
+            .expect("an update from the restarted server within 15 s")
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(uri), "{seen}");
+
     let v = corral
         .rpc(Some(&alice), "resources/unsubscribe", json!({"uri": uri}))
         .await;

@@ -141,6 +141,9 @@ pub struct Gateway {
     roots_askers: Mutex<std::collections::HashSet<String>>,
     /// (server, uri) → the sessions (or `subscriptions/listen` streams) subscribed to it.
     subscriptions: Mutex<HashMap<(String, String), std::collections::HashSet<u64>>>,
+    /// Per server, the connection its upstream subscriptions were made on: a server that
+    /// restarted (a new connection) has forgotten them, and Corral makes them again.
+    subscribed_on: Mutex<HashMap<String, usize>>,
     /// Open `subscriptions/listen` streams (2026-07-28 clients), by subscriber key.
     listeners: Mutex<HashMap<u64, stateless::Listener>>,
     next_api_id: AtomicU64,
@@ -167,6 +170,7 @@ impl Gateway {
             activity: AtomicU64::new(1),
             roots_askers: Mutex::new(std::collections::HashSet::new()),
             subscriptions: Mutex::new(HashMap::new()),
+            subscribed_on: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             next_api_id: AtomicU64::new(1),
             tasks: Arc::new(tasks::Tasks::default()),
@@ -267,6 +271,9 @@ impl Gateway {
     fn on_notice(&self, notice: Option<Notice>) {
         match notice {
             None | Some(Notice::ListsChanged { .. }) => {
+                if let Some(Notice::ListsChanged { server }) = &notice {
+                    self.renew_subscriptions(server);
+                }
                 let fresh = Arc::new(Merged::build(&self.sup, &self.namespace));
                 let old = std::mem::replace(
                     &mut *self.catalog.write().unwrap_or_else(|e| e.into_inner()),
@@ -877,6 +884,8 @@ impl Gateway {
                 {
                     // The server refused: nobody is subscribed after all.
                     lock(&self.subscriptions).remove(&key);
+                } else {
+                    self.subscribed_via(&server);
                 }
                 resp
             }
@@ -904,6 +913,41 @@ impl Gateway {
                     .await
             }
         }
+    }
+
+    /// Notes the connection `server`'s subscriptions now live on.
+    fn subscribed_via(&self, server: &str) {
+        if let Some(conn) = self.sup.get(server).ok().and_then(|s| s.connection()) {
+            lock(&self.subscribed_on).insert(server.to_string(), Arc::as_ptr(&conn) as usize);
+        }
+    }
+
+    /// After `server` (re)started, makes its subscriptions again on the new connection.
+    fn renew_subscriptions(&self, server: &str) {
+        let Some(conn) = self.sup.get(server).ok().and_then(|s| s.ready_connection()) else {
+            return;
+        };
+        let now = Arc::as_ptr(&conn) as usize;
+        let uris: Vec<String> = lock(&self.subscriptions)
+            .keys()
+            .filter(|(s, _)| s == server)
+            .map(|(_, uri)| uri.clone())
+            .collect();
+        let before = lock(&self.subscribed_on).insert(server.to_string(), now);
+        if uris.is_empty() || before == Some(now) {
+            return;
+        }
+        tracing::info!(
+            server,
+            count = uris.len(),
+            "renewing resource subscriptions"
+        );
+        tokio::spawn(async move {
+            for uri in uris {
+                let params = json!({ "uri": uri }).to_string();
+                let _ = conn.request("resources/subscribe", Some(&params)).await;
+            }
+        });
     }
 
     /// Records `key` (a session or a listen stream) as subscribed to `uri` on `server`; true when

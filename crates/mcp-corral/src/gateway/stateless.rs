@@ -265,6 +265,7 @@ impl Gateway {
                         Some(&json!({ "uri": uri }).to_string()),
                     )
                     .await;
+                self.subscribed_via(&server);
             }
             agreed_uris.push(uri);
         }
