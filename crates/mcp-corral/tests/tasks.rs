@@ -1,5 +1,6 @@
 //! Tasks (2025-11-25): Corral runs task-augmented calls for servers without task support, and
-//! passes them through to a server that runs tasks itself (server-everything).
+//! passes them through to a server that runs tasks itself (server-everything), under task ids
+//! of its own.
 
 mod common;
 
@@ -160,10 +161,20 @@ async fn tasks_pass_through_to_a_server_that_runs_them() {
         .as_str()
         .unwrap_or_else(|| panic!("{created}"))
         .to_string();
+    // Corral's own id (128 random bits), never the server's: two servers cannot collide, and
+    // nobody can guess it.
+    assert!(
+        task_id.len() == 32 && task_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{task_id}"
+    );
     let got = corral
         .rpc(Some(&session), "tasks/get", json!({"taskId": task_id}))
         .await;
     assert_eq!(got["result"]["taskId"], task_id, "{got}");
+    // Another client on the same server does not see it.
+    let other = corral.http_session().await;
+    let theirs = corral.rpc(Some(&other), "tasks/list", json!({})).await;
+    assert_eq!(theirs["result"]["tasks"], json!([]), "{theirs}");
     let listed = corral.rpc(Some(&session), "tasks/list", json!({})).await;
     assert!(
         listed["result"]["tasks"]

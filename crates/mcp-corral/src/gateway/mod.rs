@@ -291,6 +291,13 @@ impl Gateway {
             }) if method == "notifications/resources/updated" => {
                 self.resource_updated(&server, params.as_deref());
             }
+            Some(Notice::Notification {
+                server,
+                method,
+                params,
+            }) if method == "notifications/tasks/status" => {
+                self.task_status(&server, params.as_deref());
+            }
             Some(Notice::Notification { method, params, .. }) => {
                 self.broadcast(&jsonrpc::notification_raw(
                     &method,
@@ -621,10 +628,15 @@ impl Gateway {
             let resp = self
                 .forward(session, id, server, "tools/call", Outgoing::Map(map), None)
                 .await?;
-            if let Ok(v) = serde_json::from_slice::<Value>(&resp)
-                && let Some(task) = v.pointer("/result/task/taskId").and_then(Value::as_str)
+            if let Ok(mut v) = serde_json::from_slice::<Value>(&resp)
+                && let Some(upstream) = v
+                    .pointer("/result/task/taskId")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
             {
-                self.tasks.remember_remote(task.to_string(), server);
+                let ours = self.tasks.adopt_remote(session.id, server, &upstream);
+                tasks::swap_task_id(&mut v, &upstream, &ours);
+                return Some(v.to_string().into_bytes());
             }
             return Some(resp);
         }
@@ -678,7 +690,19 @@ impl Gateway {
                     && let Ok(v) = serde_json::from_str::<Value>(r.get())
                     && let Some(items) = v.get("tasks").and_then(Value::as_array)
                 {
-                    all.extend(items.iter().cloned());
+                    // Only this client's tasks, under the ids it knows them by.
+                    for item in items {
+                        let Some(upstream) = item.get("taskId").and_then(Value::as_str) else {
+                            continue;
+                        };
+                        if let Some((ours, owner)) = self.tasks.by_upstream(&server, upstream)
+                            && owner == session.id
+                        {
+                            let mut item = item.clone();
+                            tasks::swap_task_id(&mut item, upstream, &ours);
+                            all.push(item);
+                        }
+                    }
                 }
             }
             return jsonrpc::result(id, &json!({ "tasks": all }));
@@ -691,15 +715,30 @@ impl Gateway {
             );
         };
         if !self.tasks.is_local(task_id)
-            && let Some(server) = self.tasks.remote_owner(task_id)
+            && let Some(remote) = self.tasks.remote(task_id)
         {
-            let text = params.map_or("{}", |p| p.get()).to_string();
-            return self
-                .forward(session, id, &server, method, Outgoing::Raw(text), None)
-                .await
-                .unwrap_or_else(|| {
-                    jsonrpc::error(Some(id), code::REQUEST_CANCELLED, "request cancelled")
-                });
+            let mut upstream_params = params_value.clone();
+            tasks::swap_task_id(&mut upstream_params, task_id, &remote.upstream);
+            let resp = self
+                .forward(
+                    session,
+                    id,
+                    &remote.server,
+                    method,
+                    Outgoing::Raw(upstream_params.to_string()),
+                    None,
+                )
+                .await;
+            return match resp {
+                Some(resp) => match serde_json::from_slice::<Value>(&resp) {
+                    Ok(mut v) => {
+                        tasks::swap_task_id(&mut v, &remote.upstream, task_id);
+                        v.to_string().into_bytes()
+                    }
+                    Err(_) => resp,
+                },
+                None => jsonrpc::error(Some(id), code::REQUEST_CANCELLED, "request cancelled"),
+            };
         }
         let invalid = |e: TaskError| jsonrpc::error(Some(id), code::INVALID_PARAMS, &e.to_string());
         match method {
@@ -986,6 +1025,39 @@ impl Gateway {
                 tokio::spawn(async move {
                     let _ = conn.request("resources/unsubscribe", Some(&params)).await;
                 });
+            }
+        }
+    }
+
+    /// A task's status goes only to the client whose task it is, under Corral's id for it; the
+    /// status of a task Corral did not hand out goes nowhere.
+    fn task_status(&self, server: &str, params: Option<&RawValue>) {
+        let Some(mut params) = params.and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+        else {
+            return;
+        };
+        let Some(upstream) = params
+            .get("taskId")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let Some((ours, owner)) = self.tasks.by_upstream(server, &upstream) else {
+            return;
+        };
+        tasks::swap_task_id(&mut params, &upstream, &ours);
+        let text = params.to_string();
+        let sink = self.session(owner).and_then(|s| s.out());
+        match sink {
+            Some(sink) => {
+                let line = jsonrpc::notification_raw("notifications/tasks/status", Some(&text));
+                let _ = sink.try_send(line);
+            }
+            None => {
+                if let Ok(raw) = RawValue::from_string(text) {
+                    self.to_listener(owner, "notifications/tasks/status", Some(&raw));
+                }
             }
         }
     }

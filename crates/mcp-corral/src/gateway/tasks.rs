@@ -2,8 +2,10 @@
 //! task id; the client polls `tasks/get`, collects `tasks/result`, or calls `tasks/cancel`.
 //!
 //! Servers that support tasks themselves (they declare `tasks.requests.tools.call`) get the
-//! request unchanged, and Corral remembers which server issued each task id so later `tasks/*`
-//! requests reach it. For every other server Corral is the task receiver: it sends the plain
+//! request unchanged, but their task ids do not reach clients: Corral gives each such task an
+//! id of its own (random, like its own tasks) and translates both ways, so two servers that
+//! issue the same id cannot be confused, and a client neither lists nor hears about another
+//! client's tasks on a server they share. For every other server Corral is the task receiver: it sends the plain
 //! call upstream, keeps the outcome here, and answers the `tasks/*` requests itself.
 //!
 //! Retention (documented in docs/protocol.md): a task lives for the `ttl` the client asked for
@@ -117,8 +119,19 @@ pub enum TaskError {
 #[derive(Default)]
 pub struct Tasks {
     local: Mutex<HashMap<String, Task>>,
-    /// Task ids issued by upstream servers that run tasks themselves → that server's id.
-    remote: Mutex<HashMap<String, String>>,
+    /// Corral's ids for tasks that upstream servers run themselves.
+    remote: Mutex<HashMap<String, RemoteTask>>,
+}
+
+/// A task an upstream server runs, known to the client by Corral's id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteTask {
+    pub server: String,
+    /// The server's own id for it.
+    pub upstream: String,
+    /// The session that created it.
+    pub session: u64,
+    created: Instant,
 }
 
 impl Tasks {
@@ -249,24 +262,64 @@ impl Tasks {
         mine.into_iter().map(|(id, t)| t.to_json(id)).collect()
     }
 
-    /// Remembers that `server` issued task `id` (it runs tasks itself).
-    pub fn remember_remote(&self, id: String, server: &str) {
+    /// Gives the task `upstream` that `server` created for `session` an id of Corral's own.
+    pub fn adopt_remote(&self, session: u64, server: &str, upstream: &str) -> String {
+        let now = Instant::now();
         let mut remote = lock(&self.remote);
-        if remote.len() >= MAX_TASKS * 10 {
-            remote.clear();
-        }
-        remote.insert(id, server.to_string());
+        // A server keeps a task at most as long as a client may ask (MAX_TTL_MS), plus the
+        // time to collect it; past that the mapping is no use.
+        let keep = Duration::from_millis(MAX_TTL_MS) + KEEP_AFTER_DONE;
+        remote.retain(|_, t| now.duration_since(t.created) < keep);
+        let id = new_id();
+        remote.insert(
+            id.clone(),
+            RemoteTask {
+                server: server.to_string(),
+                upstream: upstream.to_string(),
+                session,
+                created: now,
+            },
+        );
+        id
     }
 
-    pub fn remote_owner(&self, id: &str) -> Option<String> {
+    pub fn remote(&self, id: &str) -> Option<RemoteTask> {
         lock(&self.remote).get(id).cloned()
     }
 
+    /// Corral's id and owner of the task `server` knows as `upstream`.
+    pub fn by_upstream(&self, server: &str, upstream: &str) -> Option<(String, u64)> {
+        lock(&self.remote)
+            .iter()
+            .find(|(_, t)| t.server == server && t.upstream == upstream)
+            .map(|(id, t)| (id.clone(), t.session))
+    }
+
     pub fn remote_servers(&self) -> Vec<String> {
-        let mut servers: Vec<String> = lock(&self.remote).values().cloned().collect();
+        let mut servers: Vec<String> = lock(&self.remote)
+            .values()
+            .map(|t| t.server.clone())
+            .collect();
         servers.sort();
         servers.dedup();
         servers
+    }
+}
+
+/// Replaces every `"taskId": from` in `v` (at any depth) with `to`.
+pub fn swap_task_id(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "taskId" && child.as_str() == Some(from) {
+                    *child = Value::String(to.to_string());
+                } else {
+                    swap_task_id(child, from, to);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| swap_task_id(c, from, to)),
+        _ => {}
     }
 }
 
@@ -352,5 +405,10 @@ mod tests {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["_meta"]["x"], 1);
         assert_eq!(v["_meta"][RELATED_TASK]["taskId"], "t1");
+        let mut v = json!({"result": {"taskId": "u1", "_meta": {RELATED_TASK: {"taskId": "u1"}}, "other": "u1"}});
+        swap_task_id(&mut v, "u1", "c9");
+        assert_eq!(v["result"]["taskId"], "c9");
+        assert_eq!(v["result"]["_meta"][RELATED_TASK]["taskId"], "c9");
+        assert_eq!(v["result"]["other"], "u1", "only taskId members change");
     }
 }
