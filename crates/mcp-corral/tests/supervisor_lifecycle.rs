@@ -354,27 +354,30 @@ async fn stderr_lines_are_kept_in_the_log_ring() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_server_dies_with_corral_even_when_corral_is_killed() {
-    // misbehave.py ignores its arguments: this one only makes the process easy to find. The
-    // server keeps running after its stdin closes, so only the death signal can end it.
+async fn a_server_tree_dies_with_corral_even_when_corral_is_killed() {
+    // misbehave.py ignores its arguments: this one only makes the processes easy to find. The
+    // server keeps running after its stdin closes, so only Corral's death can end it. It runs
+    // under `sh`, which stays as its parent (the `; true`): a grandchild of Corral, as `node`
+    // is under `npx`.
     let marker = format!("--corral-death-marker-{}", std::process::id());
     let cfg = format!(
-        "servers:\n  mb:\n    command: python3\n    args: [\"-u\", \"{}\", \"{marker}\"]\n    env: {{MISBEHAVE_IGNORE_EOF: \"1\"}}\n    autoStart: true\n",
+        "servers:\n  mb:\n    command: /bin/sh\n    args: [\"-c\", \"python3 -u {} {marker}; true\"]\n    env: {{MISBEHAVE_IGNORE_EOF: \"1\"}}\n    autoStart: true\n",
         misbehave()
     );
     let mut corral = Corral::start(&cfg, &[]).await;
     corral
         .wait_status("mb", 10, |s| s["state"] == "running")
         .await;
-    let server = pids_matching(&marker);
-    assert_eq!(server.len(), 1, "one server process: {server:?}");
+    let tree = pids_matching(&marker);
+    assert!(tree.len() >= 2, "the shell and the server: {tree:?}");
     // SIGKILL: Corral gets no chance to stop its servers itself.
     corral.child.kill().await.unwrap();
     for _ in 0..100 {
-        if !alive(server[0]) {
+        if tree.iter().all(|p| !alive(*p)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("server {} outlived a killed Corral", server[0]);
+    let left: Vec<_> = tree.iter().filter(|p| alive(**p)).collect();
+    panic!("{left:?} outlived a killed Corral");
 }

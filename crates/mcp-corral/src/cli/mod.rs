@@ -203,6 +203,9 @@ pub fn main() -> ExitCode {
     if args.get(1).map(String::as_str) == Some(crate::sandbox::SHIM_ARG) {
         crate::sandbox::shim::main(&args[2..]);
     }
+    if args.get(1).map(String::as_str) == Some(crate::supervisor::keeper::KEEPER_ARG) {
+        crate::supervisor::keeper::main(&args[2..]);
+    }
     let cli = Cli::parse();
     crate::tls::install_provider();
     init_tracing(cli.log_level.as_deref(), cli.log_format);

@@ -8,6 +8,7 @@
 //! Seams: built from [`crate::config::ServerConfig`]s; hands [`Connection`]s to the gateway;
 //! persists lists through [`crate::catalog::Store`].
 
+pub mod keeper;
 pub mod logs;
 pub mod process;
 mod run;
