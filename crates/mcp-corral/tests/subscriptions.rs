@@ -10,6 +10,25 @@ use common::*;
 use futures::StreamExt;
 use serde_json::json;
 
+/// What an event stream carries up to and including the next resource update (15 s at most).
+async fn next_update<S, E>(events: &mut S) -> String
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !seen.contains("notifications/resources/updated") {
+        let chunk = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("an update within 15 s")
+            .expect("the stream stays open")
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resource_updates_reach_only_subscribers_even_after_a_restart() {
     let cfg = everything_yaml(true);
@@ -50,16 +69,7 @@ async fn resource_updates_reach_only_subscribers_even_after_a_restart() {
     assert!(v.get("result").is_some(), "{v}");
 
     // The server sends updates every 5 s.
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !seen.contains("notifications/resources/updated") {
-        let chunk = tokio::time::timeout_at(deadline, alice_events.next())
-            .await
-            .expect("an update within 15 s")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = next_update(&mut alice_events).await;
     assert!(seen.contains(uri), "{seen}");
     // Bob subscribed to nothing: whatever reached his stream by now, no update is among it.
     let mut bob_seen = String::new();
@@ -93,16 +103,7 @@ async fn resource_updates_reach_only_subscribers_even_after_a_restart() {
         )
         .await;
     assert!(v.get("result").is_some(), "{v}");
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !seen.contains("notifications/resources/updated") {
-        let chunk = tokio::time::timeout_at(deadline, alice_events.next())
-            .await
-            .expect("an update from the restarted server within 15 s")
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = next_update(&mut alice_events).await;
     assert!(seen.contains(uri), "{seen}");
 
     let v = corral

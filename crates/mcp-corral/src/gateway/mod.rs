@@ -1047,18 +1047,19 @@ impl Gateway {
             return;
         };
         tasks::swap_task_id(&mut params, &upstream, &ours);
-        let text = params.to_string();
-        let sink = self.session(owner).and_then(|s| s.out());
-        match sink {
+        if let Ok(raw) = RawValue::from_string(params.to_string()) {
+            self.notify(owner, "notifications/tasks/status", Some(&raw));
+        }
+    }
+
+    /// Sends a notification to one subscriber: a session's stream, or else the
+    /// `subscriptions/listen` stream with that key.
+    fn notify(&self, key: u64, method: &str, params: Option<&RawValue>) {
+        match self.session(key).and_then(|s| s.out()) {
             Some(sink) => {
-                let line = jsonrpc::notification_raw("notifications/tasks/status", Some(&text));
-                let _ = sink.try_send(line);
+                let _ = sink.try_send(jsonrpc::notification_raw(method, params.map(RawValue::get)));
             }
-            None => {
-                if let Ok(raw) = RawValue::from_string(text) {
-                    self.to_listener(owner, "notifications/tasks/status", Some(&raw));
-                }
-            }
+            None => self.to_listener(key, method, params),
         }
     }
 
@@ -1074,22 +1075,8 @@ impl Gateway {
             .get(&(server.to_string(), uri))
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        let line =
-            jsonrpc::notification_raw("notifications/resources/updated", params.map(RawValue::get));
-        let mut stream_keys = Vec::new();
-        {
-            let sessions = lock(&self.sessions);
-            for sid in targets {
-                match sessions.get(&sid).and_then(|s| s.out()) {
-                    Some(sink) => {
-                        let _ = sink.try_send(line.clone());
-                    }
-                    None => stream_keys.push(sid),
-                }
-            }
-        }
-        for key in stream_keys {
-            self.to_listener(key, "notifications/resources/updated", params);
+        for key in targets {
+            self.notify(key, "notifications/resources/updated", params);
         }
     }
 

@@ -112,6 +112,7 @@ impl Cgroups {
             }
             let outcome = match v1_dir(controller) {
                 Some(parent) => make(&parent.join(&name), Version::V1, &[(controller, value)])
+                    .map(Some)
                     .map_err(|e| {
                         reasons.push(format!("cgroup v1: {e}"));
                         reasons.join("; ")
@@ -133,7 +134,7 @@ impl Cgroups {
                 };
                 made.record(*controller, one);
             }
-            if let Ok(Some(group)) = outcome {
+            if let Ok(group) = outcome {
                 made.cgroups.groups.push(group);
             }
         }
@@ -236,21 +237,20 @@ pub fn parse_counter(text: &str, field: &str) -> Option<u64> {
     })
 }
 
-fn make(
-    dir: &Path,
-    version: Version,
-    limits: &[(Controller, u64)],
-) -> Result<Option<Group>, String> {
+fn make(dir: &Path, version: Version, limits: &[(Controller, u64)]) -> Result<Group, String> {
     std::fs::create_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // From here on, dropping `group` removes the directory again.
-    let group = Group {
+    if let Err(e) = write_limits(dir, version, limits) {
+        let _ = std::fs::remove_dir(dir);
+        return Err(e);
+    }
+    Ok(Group {
         dir: dir.to_path_buf(),
         version,
         controllers: limits.iter().map(|(c, _)| *c).collect(),
-    };
-    let mut cleanup = Cgroups {
-        groups: vec![group],
-    };
+    })
+}
+
+fn write_limits(dir: &Path, version: Version, limits: &[(Controller, u64)]) -> Result<(), String> {
     let write = |file: &str, value: String| {
         std::fs::write(dir.join(file), value).map_err(|e| format!("{file}: {e}"))
     };
@@ -268,7 +268,7 @@ fn make(
             (Controller::Pids, _) => write("pids.max", value.to_string())?,
         }
     }
-    Ok(cleanup.groups.pop())
+    Ok(())
 }
 
 /// Corral's own cgroup path in hierarchy `controller` (v1) or the unified one (`""`).
@@ -296,13 +296,21 @@ fn v2_dir() -> Option<PathBuf> {
         .map(|root| root.join(own.trim_start_matches('/')))
 }
 
+/// Whether the v2 directory `dir` has `controller`.
+fn offers(dir: &Path, controller: Controller) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == controller.name()))
+}
+
 /// Whether children of the v2 directory `dir` can use `controller`.
 fn delegate(dir: &Path, controller: Controller) -> bool {
-    let name = controller.name();
-    let offered = std::fs::read_to_string(dir.join("cgroup.controllers"))
-        .is_ok_and(|c| c.split_whitespace().any(|c| c == name));
     // Children get the controller only when the parent delegates it.
-    offered && std::fs::write(dir.join("cgroup.subtree_control"), format!("+{name}")).is_ok()
+    offers(dir, controller)
+        && std::fs::write(
+            dir.join("cgroup.subtree_control"),
+            format!("+{}", controller.name()),
+        )
+        .is_ok()
 }
 
 fn v1_dir(controller: Controller) -> Option<PathBuf> {
@@ -331,12 +339,7 @@ pub fn describe() -> Vec<(&'static str, Option<String>)> {
         .into_iter()
         .map(|c| {
             let found = match &unified {
-                Some(d)
-                    if std::fs::read_to_string(d.join("cgroup.controllers"))
-                        .is_ok_and(|t| t.split_whitespace().any(|x| x == c.name())) =>
-                {
-                    Some(format!("v2 ({})", d.display()))
-                }
+                Some(d) if offers(d, c) => Some(format!("v2 ({})", d.display())),
                 _ => v1_dir(c).map(|d| format!("v1 ({})", d.display())),
             };
             (c.name(), found)

@@ -181,13 +181,13 @@ fn zombie(pid: libc::pid_t) -> bool {
 }
 
 fn exec(argv: &[String], blocked: &libc::sigset_t) -> ! {
-    // The server starts with the signal mask and scheduling policy of an ordinary process.
+    // The server starts with the signal mask of an ordinary process (its scheduling policy is
+    // already the default one: the supervisor reset the keeper's).
     // SAFETY: unblocking signals in the child before exec.
     unsafe {
         libc::sigprocmask(libc::SIG_UNBLOCK, blocked, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
-    crate::sched::reset_in_child();
     let c = |s: &str| CString::new(OsStr::new(s).as_bytes()).unwrap_or_default();
     let args: Vec<CString> = argv.iter().map(|a| c(a)).collect();
     let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
