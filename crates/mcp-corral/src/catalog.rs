@@ -1,17 +1,20 @@
 //! Persistence: each server's last known tool, resource, template and prompt lists, so that a
 //! stopped server's tools can still be listed and called (which starts it).
 //!
-//! SQLite in `$XDG_STATE_HOME/corral/state.db`. Lists are stored as the raw JSON the server sent,
-//! so nothing a server declared is lost across restarts of Corral.
+//! One JSON file per server in `$XDG_STATE_HOME/corral/lists/`, holding the lists exactly as the
+//! server sent them, so nothing a server declared is lost across restarts of Corral. The data is a
+//! small key-value map written only when a server's lists change, so plain files do the job: they
+//! can be read and deleted by hand, and a long-running gateway does not keep a database engine's
+//! code resident for it. A save writes a temporary file and renames it over the old one, so a
+//! crash or a second Corral sharing the directory never leaves a half-written list behind.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::upstream::lock;
 
 /// What one server offers, as last seen.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -25,91 +28,126 @@ pub struct Lists {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("state database {path}: {source}")]
+#[error("state directory {path}: {source}")]
 pub struct StoreError {
     path: String,
-    source: rusqlite::Error,
+    source: std::io::Error,
 }
 
-/// The state database. Cheap to clone; writes are small and rare (on list changes).
+/// One server's file. The id is stored inside so that file names only need to be safe, not
+/// reversible.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    server_id: String,
+    tools: Vec<Value>,
+    resources: Vec<Value>,
+    templates: Vec<Value>,
+    prompts: Vec<Value>,
+    updated_at: String,
+}
+
+/// The directory of list files. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Mutex<Connection>>,
-    path: String,
+    dir: PathBuf,
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let path = dir.join("state.db");
-        let shown = path.display().to_string();
-        let err = |source| StoreError {
-            path: shown.clone(),
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let dir = state_dir.join("lists");
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError {
+            path: dir.display().to_string(),
             source,
-        };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let db = Connection::open(&path).map_err(err)?;
-        db.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA busy_timeout=2000;
-             CREATE TABLE IF NOT EXISTS server_lists (
-                 server_id TEXT PRIMARY KEY,
-                 tools TEXT NOT NULL,
-                 resources TEXT NOT NULL,
-                 templates TEXT NOT NULL,
-                 prompts TEXT NOT NULL,
-                 updated_at TEXT NOT NULL
-             );",
-        )
-        .map_err(err)?;
-        Ok(Store {
-            db: Arc::new(Mutex::new(db)),
-            path: shown,
-        })
+        })?;
+        Ok(Store { dir })
     }
 
+    /// Every readable server file. A file that does not parse is skipped with a warning: its
+    /// server is simply rediscovered, which is what would happen had it never been written.
     pub fn load_all(&self) -> Result<HashMap<String, Lists>, StoreError> {
         let err = |source| StoreError {
-            path: self.path.clone(),
+            path: self.dir.display().to_string(),
             source,
         };
-        let db = lock(&self.db);
-        let mut stmt = db
-            .prepare("SELECT server_id, tools, resources, templates, prompts FROM server_lists")
-            .map_err(err)?;
-        let rows = stmt
-            .query_map([], |row| {
-                let parse = |i: usize| -> rusqlite::Result<Vec<Value>> {
-                    let text: String = row.get(i)?;
-                    Ok(serde_json::from_str(&text).unwrap_or_default())
-                };
-                Ok((
-                    row.get::<_, String>(0)?,
-                    Lists {
-                        tools: parse(1)?,
-                        resources: parse(2)?,
-                        templates: parse(3)?,
-                        prompts: parse(4)?,
-                        known: true,
-                    },
-                ))
-            })
-            .map_err(err)?;
-        rows.collect::<Result<HashMap<_, _>, _>>().map_err(err)
+        let mut out = HashMap::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(err)? {
+            let path = entry.map_err(err)?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let record = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Record>(&bytes).map_err(|e| e.to_string())
+                });
+            match record {
+                Ok(r) => {
+                    out.insert(
+                        r.server_id,
+                        Lists {
+                            tools: r.tools,
+                            resources: r.resources,
+                            templates: r.templates,
+                            prompts: r.prompts,
+                            known: true,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!("ignoring {}: {e}", path.display()),
+            }
+        }
+        Ok(out)
     }
 
     pub fn save(&self, server: &str, lists: &Lists) -> Result<(), StoreError> {
-        let text = |v: &Vec<Value>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-        lock(&self.db)
-            .execute(
-                "INSERT INTO server_lists (server_id, tools, resources, templates, prompts, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(server_id) DO UPDATE SET tools=?2, resources=?3, templates=?4, prompts=?5, updated_at=?6",
-                params![server, text(&lists.tools), text(&lists.resources), text(&lists.templates), text(&lists.prompts), crate::time::now()],
-            )
-            .map(|_| ())
-            .map_err(|source| StoreError { path: self.path.clone(), source })
+        let record = Record {
+            server_id: server.to_string(),
+            tools: lists.tools.clone(),
+            resources: lists.resources.clone(),
+            templates: lists.templates.clone(),
+            prompts: lists.prompts.clone(),
+            updated_at: crate::time::now(),
+        };
+        let path = self.dir.join(format!("{}.json", file_stem(server)));
+        let err = |source| StoreError {
+            path: path.display().to_string(),
+            source,
+        };
+        // Values are already JSON, so serialising them cannot fail.
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| err(e.into()))?;
+        // Unique per process and per save, so concurrent writers never share a temporary file.
+        static SAVES: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.dir.join(format!(
+            ".{}.{}.{}.tmp",
+            file_stem(server),
+            std::process::id(),
+            SAVES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_data()
+        });
+        let renamed = written.and_then(|()| std::fs::rename(&tmp, &path));
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        renamed.map_err(err)
     }
+}
+
+/// A file name for a server id: letters, digits, `-` and `_` as they are, every other byte as
+/// `%XX`, so that no id can name a path outside the directory or collide with another id.
+fn file_stem(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -117,16 +155,75 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn lists(tool: &str) -> Lists {
+        Lists {
+            tools: vec![
+                json!({"name": tool, "execution": {"taskSupport": "optional"}, "x-vendor": 1}),
+            ],
+            known: true,
+            ..Lists::default()
+        }
+    }
+
     #[test]
     fn lists_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let lists = Lists {
-            tools: vec![json!({"name": "echo", "execution": {"taskSupport": "optional"}})],
-            known: true,
-            ..Lists::default()
-        };
-        Store::open(dir.path()).unwrap().save("a", &lists).unwrap();
+        Store::open(dir.path())
+            .unwrap()
+            .save("a", &lists("echo"))
+            .unwrap();
         let loaded = Store::open(dir.path()).unwrap().load_all().unwrap();
-        assert_eq!(loaded["a"], lists);
+        assert_eq!(loaded["a"], lists("echo"));
+    }
+
+    #[test]
+    fn a_save_replaces_the_previous_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("a", &lists("old")).unwrap();
+        store.save("a", &lists("new")).unwrap();
+        let loaded = store.load_all().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded["a"], lists("new"));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("lists"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, ["a.json"], "no temporary files are left behind");
+    }
+
+    #[test]
+    fn any_server_id_stays_inside_the_directory_and_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ids = [
+            "../escape",
+            "a/b",
+            "a%2Fb",
+            ".",
+            "..",
+            "name with spaces",
+            "é",
+        ];
+        for id in ids {
+            store.save(id, &lists(id)).unwrap();
+        }
+        let loaded = store.load_all().unwrap();
+        for id in ids {
+            assert_eq!(loaded[id], lists(id), "{id}");
+        }
+        assert!(!dir.path().join("escape.json").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_skipped_and_the_rest_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save("good", &lists("echo")).unwrap();
+        std::fs::write(dir.path().join("lists/bad.json"), "{not json").unwrap();
+        let loaded = store.load_all().unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded["good"], lists("echo"));
     }
 }
