@@ -192,3 +192,61 @@ async fn tasks_pass_through_to_a_server_that_runs_them() {
         .unwrap_or_else(|| panic!("{result}"));
     assert!(text.contains("otters"), "{text}");
 }
+
+/// A server that needs input for one of its tasks asks while the owner waits on `tasks/result`;
+/// the request names the task by Corral's id, not the server's, and the answer reaches the task.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_s_elicitation_names_corral_s_task_id_and_reaches_its_owner() {
+    let mut peer = StdioPeer::corral(&everything_yaml(true)).await;
+    let init = peer
+        .request(
+            json!(0),
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "t", "version": "1"}}),
+        )
+        .await;
+    assert!(init["result"].is_object(), "{init}");
+    peer.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+    let created = peer
+        .request(
+            json!(1),
+            "tools/call",
+            json!({"name": "everything__simulate-research-query", "arguments": {"topic": "python", "ambiguous": true}, "task": {"ttl": 60000}}),
+        )
+        .await;
+    let task_id = created["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
+    let result = peer
+        .start(json!(2), "tasks/result", json!({"taskId": task_id}))
+        .await;
+    let ask = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let msg = peer.notifications.recv().await.expect("corral is running");
+            if msg["method"] == "elicitation/create" {
+                return msg;
+            }
+        }
+    })
+    .await
+    .expect("the server asks for clarification within 60 s");
+    assert_eq!(
+        ask["params"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"], task_id,
+        "{ask}"
+    );
+    peer.send_raw(
+        &json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept", "content": {"interpretation": "the snake"}}})
+            .to_string(),
+    )
+    .await;
+    let result = tokio::time::timeout(Duration::from_secs(60), result)
+        .await
+        .expect("the task finishes within 60 s")
+        .unwrap();
+    let text = result["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{result}"));
+    assert!(text.contains("the snake"), "{text}");
+}

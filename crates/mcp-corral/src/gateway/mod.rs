@@ -540,13 +540,24 @@ impl Gateway {
     /// client declared the capability (a stateless client's call takes the request itself, see
     /// [`input`]); failing that (an unsolicited request), the most recently active session that
     /// declared it.
-    fn pick_client(&self, conn: &Arc<Connection>, capability: &str) -> Option<Asked> {
+    ///
+    /// With an `owner` (the request belongs to that session's task), only that session is asked.
+    fn pick_client(
+        &self,
+        conn: &Arc<Connection>,
+        capability: &str,
+        owner: Option<u64>,
+    ) -> Option<Asked> {
         let sessions = lock(&self.sessions).clone();
-        let capable = |s: &Session| lock(&s.capabilities).get(capability).is_some();
+        let capable = |s: &Session| {
+            owner.is_none_or(|o| o == s.id) && lock(&s.capabilities).get(capability).is_some()
+        };
         let mut in_flight: Vec<(u64, u64, Option<Sink>, Option<input::InputRoute>)> =
             lock(&self.inflight)
                 .iter()
-                .filter(|(_, call)| Arc::ptr_eq(&call.conn, conn))
+                .filter(|((session, _), call)| {
+                    Arc::ptr_eq(&call.conn, conn) && owner.is_none_or(|o| o == *session)
+                })
                 .map(|((session, _), call)| {
                     (call.id, *session, call.sink.clone(), call.input.clone())
                 })
@@ -719,6 +730,7 @@ impl Gateway {
         {
             let mut upstream_params = params_value.clone();
             tasks::swap_task_id(&mut upstream_params, task_id, &remote.upstream);
+            let _collecting = self.tasks.collecting(task_id, session.id);
             let resp = self
                 .forward(
                     session,
@@ -1026,6 +1038,43 @@ impl Gateway {
                     let _ = conn.request("resources/unsubscribe", Some(&params)).await;
                 });
             }
+        }
+    }
+
+    /// The session to ask on behalf of the task a server's request belongs to (its
+    /// `_meta["io.modelcontextprotocol/related-task"]`), with the server's task id in the request
+    /// replaced by Corral's: the newest session waiting on that task (the task id is the
+    /// capability, so a client that reconnected can collect), else the one that created it.
+    /// `Ok(None)`: not about a task Corral handed out. `Err(id)`: Corral's id of a task that no
+    /// connected client can be asked about.
+    fn task_of(&self, server: &str, request: &mut ServerRequest) -> Result<Option<u64>, String> {
+        let Some(raw) = request.params.as_deref().map(RawValue::get) else {
+            return Ok(None);
+        };
+        if !raw.contains(tasks::RELATED_TASK) {
+            return Ok(None);
+        }
+        let Ok(mut params) = serde_json::from_str::<Value>(raw) else {
+            return Ok(None);
+        };
+        let Some(upstream) = params
+            .get("_meta")
+            .and_then(|m| m.get(tasks::RELATED_TASK))
+            .and_then(|t| t.get("taskId"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
+            return Ok(None);
+        };
+        let Some((ours, owner)) = self.tasks.by_upstream(server, &upstream) else {
+            return Ok(None);
+        };
+        tasks::swap_task_id(&mut params, &upstream, &ours);
+        request.params = RawValue::from_string(params.to_string()).ok();
+        match self.tasks.collector(&ours) {
+            Some(waiting) => Ok(Some(waiting)),
+            None if self.session(owner).is_some() => Ok(Some(owner)),
+            None => Err(ours),
         }
     }
 
@@ -1398,7 +1447,19 @@ impl RequestRouter for Gateway {
         if capability == "roots" {
             lock(&self.roots_askers).insert(server.to_string());
         }
-        let (session, sink) = match self.pick_client(&request.conn, capability) {
+        let mut request = request;
+        let owner = match self.task_of(server, &mut request) {
+            Ok(owner) => owner,
+            Err(task) => {
+                let msg = format!(
+                    "no connected client is waiting on task {task} or created it (`{}`)",
+                    request.method
+                );
+                request.fail(code::METHOD_NOT_FOUND, &msg);
+                return;
+            }
+        };
+        let (session, sink) = match self.pick_client(&request.conn, capability, owner) {
             Some(Asked::Session(session, sink)) => (session, sink),
             Some(Asked::Call(route)) => {
                 if let Err(request) = route.send(request) {
@@ -1407,10 +1468,11 @@ impl RequestRouter for Gateway {
                 return;
             }
             None => {
-                let msg = format!(
-                    "no connected client supports `{}` (capability `{capability}`)",
-                    request.method
-                );
+                let who = match owner {
+                    Some(_) => "the client waiting on this task does not support",
+                    None => "no connected client supports",
+                };
+                let msg = format!("{who} `{}` (capability `{capability}`)", request.method);
                 request.fail(code::METHOD_NOT_FOUND, &msg);
                 return;
             }

@@ -121,6 +121,30 @@ pub struct Tasks {
     local: Mutex<HashMap<String, Task>>,
     /// Corral's ids for tasks that upstream servers run themselves.
     remote: Mutex<HashMap<String, RemoteTask>>,
+    /// Sessions with a `tasks/*` request in flight for a server-run task, by Corral's id,
+    /// oldest first: a request the server sends on that task's behalf goes to them.
+    collecting: Mutex<HashMap<String, Vec<u64>>>,
+}
+
+/// Marks a session as waiting on a server-run task until dropped.
+pub struct Collecting<'a> {
+    tasks: &'a Tasks,
+    id: String,
+    session: u64,
+}
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        let mut collecting = lock(&self.tasks.collecting);
+        if let Some(sessions) = collecting.get_mut(&self.id) {
+            if let Some(at) = sessions.iter().rposition(|s| *s == self.session) {
+                sessions.remove(at);
+            }
+            if sessions.is_empty() {
+                collecting.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// A task an upstream server runs, known to the client by Corral's id.
@@ -295,6 +319,24 @@ impl Tasks {
             .map(|(id, t)| (id.clone(), t.session))
     }
 
+    /// Records that `session` waits on the server-run task `id` while the guard lives.
+    pub fn collecting(&self, id: &str, session: u64) -> Collecting<'_> {
+        lock(&self.collecting)
+            .entry(id.to_string())
+            .or_default()
+            .push(session);
+        Collecting {
+            tasks: self,
+            id: id.to_string(),
+            session,
+        }
+    }
+
+    /// The session that most recently started waiting on task `id`, if one still waits.
+    pub fn collector(&self, id: &str) -> Option<u64> {
+        lock(&self.collecting).get(id)?.last().copied()
+    }
+
     pub fn remote_servers(&self) -> Vec<String> {
         let mut servers: Vec<String> = lock(&self.remote)
             .values()
@@ -381,6 +423,21 @@ mod tests {
         assert_eq!(tasks.get(&id).unwrap()["status"], "completed");
         assert_eq!(tasks.list(1).len(), 1);
         assert!(tasks.list(2).is_empty(), "other sessions do not see it");
+    }
+
+    #[test]
+    fn the_newest_waiting_session_collects_until_it_stops_waiting() {
+        let tasks = Tasks::default();
+        assert_eq!(tasks.collector("t"), None);
+        let first = tasks.collecting("t", 1);
+        {
+            let _second = tasks.collecting("t", 2);
+            assert_eq!(tasks.collector("t"), Some(2));
+        }
+        assert_eq!(tasks.collector("t"), Some(1));
+        drop(first);
+        assert_eq!(tasks.collector("t"), None);
+        assert!(lock(&tasks.collecting).is_empty(), "nothing lingers");
     }
 
     #[test]
