@@ -23,9 +23,12 @@ for _ in $(seq 200); do
   [ "$n" = 5 ] && break
   sleep 0.05
 done
-rss() { awk '/^VmRSS/{printf "%.1f", $2/1024}' "/proc/$PID/status"; }
+rss() {
+  awk '/^(VmRSS|RssAnon|RssFile|RssShmem)/{v[$1]=$2/1024}
+       END{printf "%.1f MB (anonymous %.1f, file-backed %.1f, shared memory %.1f)", v["VmRSS:"], v["RssAnon:"], v["RssFile:"], v["RssShmem:"]}' "/proc/$PID/status"
+}
 echo "servers running: $n"
-echo "corral RSS after start: $(rss) MB"
+echo "corral RSS after start: $(rss)"
 python3 - "$PORT" <<'PY'
 import json, sys, urllib.request, concurrent.futures
 url = f"http://127.0.0.1:{sys.argv[1]}/mcp"
@@ -37,4 +40,4 @@ def call(i):
 with concurrent.futures.ThreadPoolExecutor(16) as pool:
     list(pool.map(call, range(2000)))
 PY
-echo "corral RSS after 2000 calls: $(rss) MB"
+echo "corral RSS after 2000 calls: $(rss)"
