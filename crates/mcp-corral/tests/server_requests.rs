@@ -118,3 +118,71 @@ async fn without_a_capable_client_the_server_gets_an_error_at_once() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// A server that gives up on its request (`notifications/cancelled`) is heard by the client that
+/// was asked, under the id Corral gave the request; the client's late answer goes nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_s_cancellation_reaches_the_asked_client_under_corral_s_id() {
+    let yaml = format!(
+        "servers:\n  mb:\n    command: python3\n    args: [\"{}\"]\n    autoStart: true\n",
+        misbehave()
+    );
+    let mut peer = StdioPeer::corral(&yaml).await;
+    peer.request(
+        json!(0),
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "t", "version": "1"}}),
+    )
+    .await;
+    peer.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+    let call = peer
+        .start(
+            json!(1),
+            "tools/call",
+            json!({"name": "mb__ask_then_cancel", "arguments": {"after_ms": 200}}),
+        )
+        .await;
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let msg = peer.notifications.recv().await.expect("corral is running");
+                // Skip what the server's start and logging produce.
+                let method = msg["method"].as_str().unwrap_or_default();
+                if method != "notifications/message" && !method.ends_with("/list_changed") {
+                    return msg;
+                }
+            }
+        })
+        .await
+        .expect("a message within 30 s")
+    };
+    let ask = next().await;
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+    let cancelled = next().await;
+    assert_eq!(
+        cancelled["method"], "notifications/cancelled",
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["params"]["requestId"], ask["id"], "{cancelled}");
+    assert_eq!(cancelled["params"]["reason"], "gave up waiting");
+    // Answering anyway is harmless: the answer is dropped, and the call ends as the server said.
+    peer.send_raw(
+        &json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept", "content": {}}})
+            .to_string(),
+    )
+    .await;
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_text(&done), "gave up", "{done}");
+    let again = peer
+        .request(
+            json!(2),
+            "tools/call",
+            json!({"name": "mb__echo", "arguments": {"text": "still fine"}}),
+        )
+        .await;
+    assert_eq!(first_text(&again), "still fine", "{again}");
+}

@@ -298,6 +298,13 @@ impl Gateway {
             }) if method == "notifications/tasks/status" => {
                 self.task_status(&server, params.as_deref());
             }
+            Some(Notice::Notification {
+                server,
+                method,
+                params,
+            }) if method == "notifications/cancelled" => {
+                self.server_cancelled(&server, params.as_deref());
+            }
             Some(Notice::Notification { method, params, .. }) => {
                 self.broadcast(&jsonrpc::notification_raw(
                     &method,
@@ -1098,6 +1105,43 @@ impl Gateway {
         tasks::swap_task_id(&mut params, &upstream, &ours);
         if let Ok(raw) = RawValue::from_string(params.to_string()) {
             self.notify(owner, "notifications/tasks/status", Some(&raw));
+        }
+    }
+
+    /// A server gave up on a request it sent through Corral: the client that was asked hears
+    /// of it under the id Corral gave the request, nobody else does, and its late answer is
+    /// dropped (the server expects none). A cancellation of anything else concerns no client.
+    fn server_cancelled(&self, server: &str, params: Option<&RawValue>) {
+        let Some(mut params) = params.and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+        else {
+            return;
+        };
+        let Some(theirs) = params.get("requestId").cloned() else {
+            return;
+        };
+        let found = {
+            let mut fwd = lock(&self.forwarded);
+            let ours = fwd.iter().find_map(|(ours, f)| match &f.asker {
+                Asker::Server(r)
+                    if r.conn.server() == server
+                        && serde_json::from_str::<Value>(r.id.get()).ok().as_ref()
+                            == Some(&theirs) =>
+                {
+                    Some(ours.clone())
+                }
+                _ => None,
+            });
+            ours.and_then(|k| fwd.remove(&k).map(|f| (k, f.session)))
+        };
+        let Some((ours, session)) = found else {
+            return;
+        };
+        let Ok(ours) = serde_json::from_str::<Value>(&ours) else {
+            return;
+        };
+        params["requestId"] = ours;
+        if let Ok(raw) = RawValue::from_string(params.to_string()) {
+            self.notify(session, "notifications/cancelled", Some(&raw));
         }
     }
 
