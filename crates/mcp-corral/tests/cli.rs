@@ -95,7 +95,7 @@ async fn ls_status_tools_call_logs_and_stop_work_against_a_running_corral() {
 
     let out = run(&["ls", "--json"]).await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(v["servers"][0]["tools"], 5);
+    assert_eq!(v["servers"][0]["tools"], 6);
 
     let out = run(&["tools", "mb"]).await.unwrap();
     assert!(stdout(&out).contains("mb__echo"), "{}", stdout(&out));
