@@ -831,6 +831,11 @@ impl Events for ConnEvents {
         if method == "notifications/message" {
             server.logs.push("mcp", params.map_or("", |p| p.get()));
         }
+        // Only Corral subscribes upstream (its `subscriptions/listen` stream of a 2026-07-28
+        // server): the acknowledgement is Corral's, never a client's.
+        if method == "notifications/subscriptions/acknowledged" {
+            return;
+        }
         let _ = self.shared.notices.send(Notice::Notification {
             server: server_id.to_string(),
             method: method.to_string(),
