@@ -155,3 +155,58 @@ async fn both_eras_use_a_2026_only_remote_server_over_http() {
     }
     c.terminate().await;
 }
+
+/// An initialize-era client that never answers the input a 2026-07-28 server needs: when the
+/// server's `limits.timeout` passes, the call fails and the client is told the request it was
+/// sent is withdrawn (`notifications/cancelled` under the id it got), so nothing waits forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn unanswered_input_is_withdrawn_from_the_client_when_the_call_gives_up() {
+    let yaml = format!("{}    limits:\n      timeout: 2\n", modern_yaml());
+    let mut peer = StdioPeer::corral(&yaml).await;
+    peer.request(
+        serde_json::json!(0),
+        "initialize",
+        serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "t", "version": "1"}}),
+    )
+    .await;
+    peer.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+        .await;
+    let call = peer
+        .start(
+            serde_json::json!(1),
+            "tools/call",
+            serde_json::json!({"name": "modern__greet", "arguments": {}}),
+        )
+        .await;
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let msg = peer.notifications.recv().await.expect("corral is running");
+                let method = msg["method"].as_str().unwrap_or_default();
+                if method != "notifications/message" && !method.ends_with("/list_changed") {
+                    return msg;
+                }
+            }
+        })
+        .await
+        .expect("a message within 30 s")
+    };
+    let ask = next().await;
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+    let withdrawn = next().await;
+    assert_eq!(
+        withdrawn["method"], "notifications/cancelled",
+        "{withdrawn}"
+    );
+    assert_eq!(withdrawn["params"]["requestId"], ask["id"], "{withdrawn}");
+    let failed = tokio::time::timeout(std::time::Duration::from_secs(30), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        failed
+            .to_string()
+            .contains("did not answer `elicitation/create` within 2 s"),
+        "{failed}"
+    );
+}

@@ -411,7 +411,8 @@ impl Gateway {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let mut waiting = Vec::new();
+        // Check every request before sending any, so a refusal never leaves one half-asked.
+        let mut asks = Vec::new();
         for (key, request) in requests {
             let method = request
                 .get("method")
@@ -424,32 +425,40 @@ impl Gateway {
                     "server `{server}` asked for `{method}`, which this client did not declare (capability `{capability}`)"
                 ));
             }
-            let params = request.get("params").map(Value::to_string);
+            asks.push((key, method, request.get("params").map(Value::to_string)));
+        }
+        let mut waiting = Vec::new();
+        for (key, method, params) in asks {
             let (tx, rx) = oneshot::channel();
-            self.ask_client(
+            let id = self.ask_client(
                 session.id,
                 &sink,
                 &method,
                 params.as_deref(),
                 Asker::Corral(tx),
             );
-            waiting.push((key, method, rx));
+            waiting.push((key, method, rx, id));
         }
         let mut answers = Map::new();
-        for (key, method, rx) in waiting {
-            let answer = match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(Ok(raw))) => raw,
-                Ok(Ok(Err(e))) => return Err(format!("the client refused `{method}`: {e}")),
-                Ok(Err(_)) => return Err(format!("the client did not answer `{method}`")),
-                Err(_) => {
-                    return Err(format!(
-                        "the client did not answer `{method}` within {} s",
-                        timeout.as_secs()
-                    ));
+        let mut waiting = waiting.into_iter();
+        while let Some((key, method, rx, id)) = waiting.next() {
+            let failure = match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(raw))) => {
+                    let value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+                    answers.insert(key, value);
+                    continue;
                 }
+                Ok(Ok(Err(e))) => format!("the client refused `{method}`: {e}"),
+                Ok(Err(_)) => format!("the client did not answer `{method}`"),
+                Err(_) => format!(
+                    "the client did not answer `{method}` within {} s",
+                    timeout.as_secs()
+                ),
             };
-            let value = serde_json::from_str(answer.get()).unwrap_or(Value::Null);
-            answers.insert(key, value);
+            // The call fails: what the client has not answered yet is no longer wanted.
+            let unanswered = std::iter::once(id).chain(waiting.map(|(.., id)| id));
+            self.withdraw(&sink, unanswered, &failure);
+            return Err(failure);
         }
         Ok(answers)
     }

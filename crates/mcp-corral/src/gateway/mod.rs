@@ -526,7 +526,7 @@ impl Gateway {
         method: &str,
         params: Option<&str>,
         asker: Asker,
-    ) {
+    ) -> String {
         let id = format!(
             "\"corral-{}\"",
             self.next_forwarded.fetch_add(1, Ordering::Relaxed)
@@ -540,6 +540,25 @@ impl Gateway {
                 f.asker
                     .fail(code::INTERNAL_ERROR, "the client's queue is full or closed")
             });
+        }
+        id
+    }
+
+    /// Takes back requests sent with [`Self::ask_client`] that are still unanswered: the client
+    /// gets `notifications/cancelled` for each, and a late answer goes nowhere.
+    fn withdraw(&self, sink: &Sink, ids: impl IntoIterator<Item = String>, reason: &str) {
+        for id in ids {
+            if lock(&self.forwarded).remove(&id).is_none() {
+                continue;
+            }
+            let Ok(request_id) = serde_json::from_str::<Value>(&id) else {
+                continue;
+            };
+            let params = json!({ "requestId": request_id, "reason": reason }).to_string();
+            let _ = sink.try_send(jsonrpc::notification_raw(
+                "notifications/cancelled",
+                Some(&params),
+            ));
         }
     }
 
