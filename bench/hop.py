@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What one extra process in the middle costs a sequential stdio call, and how much of that is
-Corral: echo p50 directly, through two minimal C relays (bench/relay/*.c, no parsing at all) and
+Corral: echo p50 directly, through two minimal C relays (bench/relay.c, no parsing at all) and
 through `corral serve --stdio`, interleaved in one run. Also the CPU each middle process spends
 per call (/proc/PID/stat).
 
@@ -66,18 +66,15 @@ def main():
     ap.add_argument("--calls", type=int, default=2000)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        relays = {}
-        for name in ("threads", "epoll"):
-            exe = os.path.join(tmp, name)
-            subprocess.run(["cc", "-O2", "-pthread", "-o", exe, os.path.join(ROOT, "bench", "relay", f"{name}.c")], check=True)
-            relays[name] = exe
+        relay = os.path.join(tmp, "relay")
+        subprocess.run(["cc", "-O2", "-pthread", "-o", relay, os.path.join(ROOT, "bench", "relay.c")], check=True)
         with open(os.path.join(tmp, "corral.toml"), "w") as f:
             f.write(f'stateDir = "{tmp}/state"\n[servers.echo]\ncommand = "python3"\nargs = ["-u", "{ECHO}"]\nautoStart = true\n')
         server = ["python3", "-u", ECHO]
         targets = {
             "direct": (server, {}),
-            "relay, 2 threads (C)": ([relays["threads"], *server], {}),
-            "relay, epoll (C)": ([relays["epoll"], *server], {}),
+            "relay, 2 threads (C)": ([relay, "threads", *server], {}),
+            "relay, epoll (C)": ([relay, "epoll", *server], {}),
             "corral": ([os.path.join(ROOT, "target", "release", "corral"), "serve", "--stdio",
                         "--config", os.path.join(tmp, "corral.toml"), "--log-level", "warn"], {}),
         }

@@ -163,13 +163,7 @@ async fn both_eras_use_a_2026_only_remote_server_over_http() {
 async fn unanswered_input_is_withdrawn_from_the_client_when_the_call_gives_up() {
     let yaml = format!("{}    limits:\n      timeout: 2\n", modern_yaml());
     let mut peer = StdioPeer::corral(&yaml).await;
-    peer.request(
-        serde_json::json!(0),
-        "initialize",
-        serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "t", "version": "1"}}),
-    )
-    .await;
-    peer.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+    peer.initialize_as("2025-11-25", serde_json::json!({"elicitation": {}}))
         .await;
     let call = peer
         .start(
@@ -178,22 +172,9 @@ async fn unanswered_input_is_withdrawn_from_the_client_when_the_call_gives_up() 
             serde_json::json!({"name": "modern__greet", "arguments": {}}),
         )
         .await;
-    let mut next = async || {
-        tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            loop {
-                let msg = peer.notifications.recv().await.expect("corral is running");
-                let method = msg["method"].as_str().unwrap_or_default();
-                if method != "notifications/message" && !method.ends_with("/list_changed") {
-                    return msg;
-                }
-            }
-        })
-        .await
-        .expect("a message within 30 s")
-    };
-    let ask = next().await;
+    let ask = peer.next_message(30).await;
     assert_eq!(ask["method"], "elicitation/create", "{ask}");
-    let withdrawn = next().await;
+    let withdrawn = peer.next_message(30).await;
     assert_eq!(
         withdrawn["method"], "notifications/cancelled",
         "{withdrawn}"

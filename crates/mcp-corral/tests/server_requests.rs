@@ -128,13 +128,7 @@ async fn a_server_s_cancellation_reaches_the_asked_client_under_corral_s_id() {
         misbehave()
     );
     let mut peer = StdioPeer::corral(&yaml).await;
-    peer.request(
-        json!(0),
-        "initialize",
-        json!({"protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "t", "version": "1"}}),
-    )
-    .await;
-    peer.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+    peer.initialize_as("2025-06-18", json!({"elicitation": {}}))
         .await;
     let call = peer
         .start(
@@ -143,23 +137,9 @@ async fn a_server_s_cancellation_reaches_the_asked_client_under_corral_s_id() {
             json!({"name": "mb__ask_then_cancel", "arguments": {"after_ms": 200}}),
         )
         .await;
-    let mut next = async || {
-        tokio::time::timeout(std::time::Duration::from_secs(30), async {
-            loop {
-                let msg = peer.notifications.recv().await.expect("corral is running");
-                // Skip what the server's start and logging produce.
-                let method = msg["method"].as_str().unwrap_or_default();
-                if method != "notifications/message" && !method.ends_with("/list_changed") {
-                    return msg;
-                }
-            }
-        })
-        .await
-        .expect("a message within 30 s")
-    };
-    let ask = next().await;
+    let ask = peer.next_message(30).await;
     assert_eq!(ask["method"], "elicitation/create", "{ask}");
-    let cancelled = next().await;
+    let cancelled = peer.next_message(30).await;
     assert_eq!(
         cancelled["method"], "notifications/cancelled",
         "{cancelled}"

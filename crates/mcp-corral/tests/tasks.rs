@@ -199,15 +199,9 @@ async fn tasks_pass_through_to_a_server_that_runs_them() {
 async fn a_task_s_elicitation_names_corral_s_task_id_and_reaches_its_owner() {
     let mut peer = StdioPeer::corral(&everything_yaml(true)).await;
     let init = peer
-        .request(
-            json!(0),
-            "initialize",
-            json!({"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "t", "version": "1"}}),
-        )
+        .initialize_as("2025-11-25", json!({"elicitation": {}}))
         .await;
     assert!(init["result"].is_object(), "{init}");
-    peer.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-        .await;
     let created = peer
         .request(
             json!(1),
@@ -222,16 +216,15 @@ async fn a_task_s_elicitation_names_corral_s_task_id_and_reaches_its_owner() {
     let result = peer
         .start(json!(2), "tasks/result", json!({"taskId": task_id}))
         .await;
-    let ask = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let msg = peer.notifications.recv().await.expect("corral is running");
-            if msg["method"] == "elicitation/create" {
-                return msg;
-            }
+    let ask = loop {
+        let msg = peer.next_message(60).await;
+        if msg["method"] == "notifications/tasks/status" {
+            assert_eq!(msg["params"]["taskId"], task_id.as_str(), "{msg}");
+            continue;
         }
-    })
-    .await
-    .expect("the server asks for clarification within 60 s");
+        break msg;
+    };
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
     assert_eq!(
         ask["params"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"], task_id,
         "{ask}"

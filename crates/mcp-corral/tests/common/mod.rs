@@ -349,6 +349,30 @@ impl StdioPeer {
             .unwrap()
     }
 
+    /// Initializes as a client of `version` that declares `capabilities`.
+    pub async fn initialize_as(&mut self, version: &str, capabilities: Value) -> Value {
+        let v = self.request(json!(0), "initialize", json!({"protocolVersion": version, "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}})).await;
+        self.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        v
+    }
+
+    /// The next request or notification Corral sends, skipping log messages and list changes
+    /// (which a server's start produces); panics after `secs`.
+    pub async fn next_message(&mut self, secs: u64) -> Value {
+        tokio::time::timeout(Duration::from_secs(secs), async {
+            loop {
+                let msg = self.notifications.recv().await.expect("corral is running");
+                let method = msg["method"].as_str().unwrap_or_default();
+                if method != "notifications/message" && !method.ends_with("/list_changed") {
+                    return msg;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no message from corral within {secs} s"))
+    }
+
     pub async fn initialize(&mut self) -> Value {
         let v = self.request(json!(0), "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})).await;
         self.send_raw(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
