@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn check(out: &Value) {
@@ -123,11 +124,7 @@ async fn without_a_capable_client_the_server_gets_an_error_at_once() {
 /// was asked, under the id Corral gave the request; the client's late answer goes nowhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_s_cancellation_reaches_the_asked_client_under_corral_s_id() {
-    let yaml = format!(
-        "servers:\n  mb:\n    command: python3\n    args: [\"{}\"]\n    autoStart: true\n",
-        misbehave()
-    );
-    let mut peer = StdioPeer::corral(&yaml).await;
+    let mut peer = StdioPeer::corral(&misbehave_yaml()).await;
     peer.initialize_as("2025-06-18", json!({"elicitation": {}}))
         .await;
     let call = peer
@@ -165,4 +162,113 @@ async fn a_server_s_cancellation_reaches_the_asked_client_under_corral_s_id() {
         )
         .await;
     assert_eq!(first_text(&again), "still fine", "{again}");
+}
+
+fn misbehave_yaml() -> String {
+    format!(
+        "servers:\n  mb:\n    command: python3\n    args: [\"{}\"]\n    autoStart: true\n",
+        misbehave()
+    )
+}
+
+/// A URL-mode elicitation reaches a client that declared URL mode, and the server's
+/// `notifications/elicitation/complete` for it follows to that client.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_elicitation_and_its_completion_reach_the_client_that_declared_url_mode() {
+    // The stdio client is asked; an HTTP client of the same Corral must hear nothing of it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}stateDir: {}/state\n",
+        misbehave_yaml(),
+        dir.path().display()
+    );
+    std::fs::write(dir.path().join("corral.yaml"), config).unwrap();
+    let port = free_port();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["serve", "--stdio", "--config", "corral.yaml", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir.path());
+    let mut peer = StdioPeer::spawn(cmd);
+    peer.initialize_as(
+        "2025-11-25",
+        json!({"elicitation": {"form": {}, "url": {}}}),
+    )
+    .await;
+    let http = http_client();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let bob = http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bob", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap()
+        .headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut bob_events = http
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &bob)
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let call = peer
+        .start(
+            json!(1),
+            "tools/call",
+            json!({"name": "mb__url_elicit", "arguments": {"id": "flow-7"}}),
+        )
+        .await;
+    let ask = peer.next_message(30).await;
+    assert_eq!(ask["method"], "elicitation/create", "{ask}");
+    assert_eq!(ask["params"]["mode"], "url", "{ask}");
+    peer.send_raw(
+        &json!({"jsonrpc": "2.0", "id": ask["id"], "result": {"action": "accept"}}).to_string(),
+    )
+    .await;
+    let complete = peer.next_message(30).await;
+    assert_eq!(
+        complete["method"], "notifications/elicitation/complete",
+        "{complete}"
+    );
+    assert_eq!(complete["params"]["elicitationId"], "flow-7");
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first_text(&done).contains("accept"), "{done}");
+    let mut bob_seen = String::new();
+    while let Ok(Some(Ok(chunk))) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), bob_events.next()).await
+    {
+        bob_seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!bob_seen.contains("elicitation/complete"), "{bob_seen}");
+}
+
+/// A client that declared form-mode elicitation only is never sent a URL: the server gets an
+/// error at once naming the missing capability.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_form_only_client_is_not_sent_a_url_elicitation() {
+    let mut peer = StdioPeer::corral(&misbehave_yaml()).await;
+    peer.initialize_as("2025-06-18", json!({"elicitation": {}}))
+        .await;
+    let done = peer
+        .request(
+            json!(1),
+            "tools/call",
+            json!({"name": "mb__url_elicit", "arguments": {}}),
+        )
+        .await;
+    let text = first_text(&done);
+    assert!(text.contains("capability `elicitation.url`"), "{done}");
+    assert!(
+        peer.notifications
+            .try_recv()
+            .map_or(true, |m| m["method"] != "elicitation/create"),
+        "no request was sent"
+    );
 }

@@ -57,8 +57,8 @@ pub(super) struct InputRoute {
 }
 
 impl InputRoute {
-    pub(super) fn accepts(&self, capability: &str) -> bool {
-        self.capabilities.get(capability).is_some()
+    pub(super) fn accepts(&self, wanted: super::Wanted) -> bool {
+        wanted.declared_in(&self.capabilities)
     }
 
     /// Hands the request to the waiting call; gives it back when the call has ended.
@@ -419,13 +419,16 @@ impl Gateway {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let capability = short_name(&method);
-            if lock(&session.capabilities).get(capability).is_none() {
+            let params = request.get("params").map(Value::to_string);
+            let declared = super::Wanted::of(&method, params.as_deref())
+                .is_some_and(|w| w.declared_in(&lock(&session.capabilities)));
+            if !declared {
+                let capability = short_name(&method);
                 return Err(format!(
                     "server `{server}` asked for `{method}`, which this client did not declare (capability `{capability}`)"
                 ));
             }
-            asks.push((key, method, request.get("params").map(Value::to_string)));
+            asks.push((key, method, params));
         }
         let mut waiting = Vec::new();
         for (key, method, params) in asks {

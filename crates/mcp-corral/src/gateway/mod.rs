@@ -137,6 +137,9 @@ pub struct Gateway {
     forwarded: Mutex<HashMap<String, ForwardedRequest>>,
     next_forwarded: AtomicU64,
     activity: AtomicU64,
+    /// (server, elicitationId) of URL-mode elicitations → the session that was asked, so the
+    /// server's `notifications/elicitation/complete` reaches that client alone.
+    url_elicitations: Mutex<HashMap<(String, String), u64>>,
     /// Servers that asked for roots, so client `roots/list_changed` reaches them.
     roots_askers: Mutex<std::collections::HashSet<String>>,
     /// (server, uri) → the sessions (or `subscriptions/listen` streams) subscribed to it.
@@ -168,6 +171,7 @@ impl Gateway {
             forwarded: Mutex::new(HashMap::new()),
             next_forwarded: AtomicU64::new(1),
             activity: AtomicU64::new(1),
+            url_elicitations: Mutex::new(HashMap::new()),
             roots_askers: Mutex::new(std::collections::HashSet::new()),
             subscriptions: Mutex::new(HashMap::new()),
             subscribed_on: Mutex::new(HashMap::new()),
@@ -241,6 +245,7 @@ impl Gateway {
             call.conn.cancel(call.id, "client disconnected");
         }
         self.drop_subscriber(id);
+        lock(&self.url_elicitations).retain(|_, s| *s != id);
         let listeners: Vec<u64> = lock(&self.listeners)
             .iter()
             .filter(|(_, l)| l.session == id)
@@ -304,6 +309,13 @@ impl Gateway {
                 params,
             }) if method == "notifications/cancelled" => {
                 self.server_cancelled(&server, params.as_deref());
+            }
+            Some(Notice::Notification {
+                server,
+                method,
+                params,
+            }) if method == "notifications/elicitation/complete" => {
+                self.url_elicitation_complete(&server, params.as_deref());
             }
             Some(Notice::Notification { method, params, .. }) => {
                 self.broadcast(&jsonrpc::notification_raw(
@@ -571,12 +583,12 @@ impl Gateway {
     fn pick_client(
         &self,
         conn: &Arc<Connection>,
-        capability: &str,
+        wanted: Wanted,
         owner: Option<u64>,
     ) -> Option<Asked> {
         let sessions = lock(&self.sessions).clone();
         let capable = |s: &Session| {
-            owner.is_none_or(|o| o == s.id) && lock(&s.capabilities).get(capability).is_some()
+            owner.is_none_or(|o| o == s.id) && wanted.declared_in(&lock(&s.capabilities))
         };
         let mut in_flight: Vec<(u64, u64, Option<Sink>, Option<input::InputRoute>)> =
             lock(&self.inflight)
@@ -591,7 +603,7 @@ impl Gateway {
         in_flight.sort_by_key(|(uid, ..)| std::cmp::Reverse(*uid));
         for (_, sid, sink, route) in in_flight {
             if let Some(route) = route {
-                if route.accepts(capability) {
+                if route.accepts(wanted) {
                     return Some(Asked::Call(route));
                 }
                 continue;
@@ -1127,6 +1139,32 @@ impl Gateway {
         }
     }
 
+    fn remember_url_elicitation(&self, server: &str, id: String, session: u64) {
+        let mut open = lock(&self.url_elicitations);
+        // Completions are optional, so entries can outlive their flows: keep the newest.
+        if open.len() >= MAX_URL_ELICITATIONS
+            && let Some(oldest) = open.keys().next().cloned()
+        {
+            open.remove(&oldest);
+        }
+        open.insert((server.to_string(), id), session);
+    }
+
+    /// The end of a URL-mode elicitation goes to the client that was sent it, and to nobody if
+    /// Corral did not forward it.
+    fn url_elicitation_complete(&self, server: &str, params: Option<&RawValue>) {
+        let Some(id) = params
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .and_then(|p| p.get("elicitationId")?.as_str().map(str::to_string))
+        else {
+            return;
+        };
+        let Some(session) = lock(&self.url_elicitations).remove(&(server.to_string(), id)) else {
+            return;
+        };
+        self.notify(session, "notifications/elicitation/complete", params);
+    }
+
     /// A server gave up on a request it sent through Corral: the client that was asked hears
     /// of it under the id Corral gave the request, nobody else does, and its late answer is
     /// dropped (the server expects none). A cancellation of anything else concerns no client.
@@ -1497,16 +1535,15 @@ async fn run_task_call(
 
 impl RequestRouter for Gateway {
     fn route(&self, server: &str, request: ServerRequest) {
-        let capability = match request.method.as_str() {
-            "sampling/createMessage" => "sampling",
-            "elicitation/create" => "elicitation",
-            "roots/list" => "roots",
-            other => {
-                let msg = format!("Method not found: {other}");
-                request.fail(code::METHOD_NOT_FOUND, &msg);
-                return;
-            }
+        let Some(wanted) = Wanted::of(
+            &request.method,
+            request.params.as_deref().map(RawValue::get),
+        ) else {
+            let msg = format!("Method not found: {}", request.method);
+            request.fail(code::METHOD_NOT_FOUND, &msg);
+            return;
         };
+        let capability = wanted.capability;
         if capability == "roots" {
             lock(&self.roots_askers).insert(server.to_string());
         }
@@ -1522,7 +1559,7 @@ impl RequestRouter for Gateway {
                 return;
             }
         };
-        let (session, sink) = match self.pick_client(&request.conn, capability, owner) {
+        let (session, sink) = match self.pick_client(&request.conn, wanted, owner) {
             Some(Asked::Session(session, sink)) => (session, sink),
             Some(Asked::Call(route)) => {
                 if let Err(request) = route.send(request) {
@@ -1535,7 +1572,13 @@ impl RequestRouter for Gateway {
                     Some(_) => "the client waiting on this task does not support",
                     None => "no connected client supports",
                 };
-                let msg = format!("{who} `{}` (capability `{capability}`)", request.method);
+                let msg = match wanted.mode {
+                    Some(mode) => format!(
+                        "{who} `{}` in {mode} mode (capability `{capability}.{mode}`)",
+                        request.method
+                    ),
+                    None => format!("{who} `{}` (capability `{capability}`)", request.method),
+                };
                 request.fail(code::METHOD_NOT_FOUND, &msg);
                 return;
             }
@@ -1546,6 +1589,14 @@ impl RequestRouter for Gateway {
             .as_deref()
             .map(RawValue::get)
             .map(str::to_string);
+        if wanted.mode == Some("url")
+            && let Some(id) = params
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                .and_then(|p| p.get("elicitationId")?.as_str().map(str::to_string))
+        {
+            self.remember_url_elicitation(server, id, session.id);
+        }
         self.ask_client(
             session.id,
             &sink,
@@ -1555,6 +1606,51 @@ impl RequestRouter for Gateway {
         );
     }
 }
+
+/// What a server's request needs the client to have declared.
+#[derive(Clone, Copy)]
+pub(super) struct Wanted {
+    pub capability: &'static str,
+    /// The elicitation mode, for `elicitation/create`.
+    pub mode: Option<&'static str>,
+}
+
+impl Wanted {
+    /// For a request with `method` and `params` (JSON text); `None` for a method no client
+    /// capability covers.
+    pub(super) fn of(method: &str, params: Option<&str>) -> Option<Wanted> {
+        let (capability, mode) = match method {
+            "sampling/createMessage" => ("sampling", None),
+            "roots/list" => ("roots", None),
+            "elicitation/create" => {
+                let url = params.is_some_and(|p| {
+                    p.contains("\"url\"")
+                        && serde_json::from_str::<Value>(p)
+                            .is_ok_and(|v| v.get("mode").and_then(Value::as_str) == Some("url"))
+                });
+                ("elicitation", Some(if url { "url" } else { "form" }))
+            }
+            _ => return None,
+        };
+        Some(Wanted { capability, mode })
+    }
+
+    /// Whether client capabilities `caps` cover this. An `elicitation` object that names no
+    /// mode means form mode only (the 2025-06-18 shape).
+    pub(super) fn declared_in(&self, caps: &Value) -> bool {
+        let Some(c) = caps.get(self.capability) else {
+            return false;
+        };
+        match self.mode {
+            Some("url") => c.get("url").is_some(),
+            Some("form") => c.get("form").is_some() || c.get("url").is_none(),
+            _ => true,
+        }
+    }
+}
+
+/// URL-mode elicitations remembered for their completion notice.
+const MAX_URL_ELICITATIONS: usize = 1024;
 
 /// Who answers a server's request.
 enum Asked {
