@@ -139,7 +139,8 @@ pub struct Gateway {
     activity: AtomicU64,
     /// (server, elicitationId) of URL-mode elicitations → the session that was asked, so the
     /// server's `notifications/elicitation/complete` reaches that client alone.
-    url_elicitations: Mutex<HashMap<(String, String), u64>>,
+    /// Each entry also carries its arrival number, so the oldest is dropped first when full.
+    url_elicitations: Mutex<HashMap<(String, String), (u64, u64)>>,
     /// Servers that asked for roots, so client `roots/list_changed` reaches them.
     roots_askers: Mutex<std::collections::HashSet<String>>,
     /// (server, uri) → the sessions (or `subscriptions/listen` streams) subscribed to it.
@@ -245,7 +246,7 @@ impl Gateway {
             call.conn.cancel(call.id, "client disconnected");
         }
         self.drop_subscriber(id);
-        lock(&self.url_elicitations).retain(|_, s| *s != id);
+        lock(&self.url_elicitations).retain(|_, (s, _)| *s != id);
         let listeners: Vec<u64> = lock(&self.listeners)
             .iter()
             .filter(|(_, l)| l.session == id)
@@ -1140,14 +1141,18 @@ impl Gateway {
     }
 
     fn remember_url_elicitation(&self, server: &str, id: String, session: u64) {
+        let seq = self.next_forwarded.fetch_add(1, Ordering::Relaxed);
         let mut open = lock(&self.url_elicitations);
         // Completions are optional, so entries can outlive their flows: keep the newest.
         if open.len() >= MAX_URL_ELICITATIONS
-            && let Some(oldest) = open.keys().next().cloned()
+            && let Some(oldest) = open
+                .iter()
+                .min_by_key(|(_, (_, seq))| *seq)
+                .map(|(k, _)| k.clone())
         {
             open.remove(&oldest);
         }
-        open.insert((server.to_string(), id), session);
+        open.insert((server.to_string(), id), (session, seq));
     }
 
     /// The end of a URL-mode elicitation goes to the client that was sent it, and to nobody if
@@ -1159,7 +1164,8 @@ impl Gateway {
         else {
             return;
         };
-        let Some(session) = lock(&self.url_elicitations).remove(&(server.to_string(), id)) else {
+        let Some((session, _)) = lock(&self.url_elicitations).remove(&(server.to_string(), id))
+        else {
             return;
         };
         self.notify(session, "notifications/elicitation/complete", params);
