@@ -6,15 +6,19 @@
 //! small key-value map written only when a server's lists change, so plain files do the job: they
 //! can be read and deleted by hand, and a long-running gateway does not keep a database engine's
 //! code resident for it. A save writes a temporary file and renames it over the old one, so a
-//! crash or a second Corral sharing the directory never leaves a half-written list behind.
+//! crash or a second Corral sharing the directory never leaves a half-written list behind, and
+//! the gateway saves on tokio's blocking pool so that a slow disk never stalls a call.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::upstream::lock;
 
 /// What one server offers, as last seen.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -51,6 +55,10 @@ struct Record {
 #[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Per server, the ticket of the newest save written, so a background save that finishes
+    /// after a newer one is dropped instead of overwriting it. Held while a file is written.
+    written: Arc<Mutex<HashMap<String, u64>>>,
+    tickets: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -60,7 +68,11 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            written: Arc::default(),
+            tickets: Arc::default(),
+        })
     }
 
     /// Every readable server file. A file that does not parse is skipped with a warning: its
@@ -100,7 +112,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Saves on the blocking pool: the write and its sync can take milliseconds on a slow disk,
+    /// and must not stall the runtime that relays every call. Saves of one server land in the
+    /// order they were asked for; a failure is logged.
+    pub fn save_in_background(&self, server: &str, lists: &Lists) {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed) + 1;
+        let (store, server, lists) = (self.clone(), server.to_string(), lists.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.save_ticketed(&server, &lists, ticket) {
+                tracing::warn!("cannot persist lists of {server}: {e}");
+            }
+        });
+    }
+
     pub fn save(&self, server: &str, lists: &Lists) -> Result<(), StoreError> {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed) + 1;
+        self.save_ticketed(server, lists, ticket)
+    }
+
+    fn save_ticketed(&self, server: &str, lists: &Lists, ticket: u64) -> Result<(), StoreError> {
+        let mut written = lock(&self.written);
+        if written.get(server).is_some_and(|newest| *newest > ticket) {
+            return Ok(());
+        }
+        self.write(server, lists)?;
+        written.insert(server.to_string(), ticket);
+        Ok(())
+    }
+
+    fn write(&self, server: &str, lists: &Lists) -> Result<(), StoreError> {
         let record = Record {
             server_id: server.to_string(),
             tools: lists.tools.clone(),
@@ -214,6 +254,30 @@ mod tests {
         }
         assert!(!dir.path().join("escape.json").exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_save_that_lands_after_a_newer_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save_ticketed("a", &lists("newer"), 2).unwrap();
+        store.save_ticketed("a", &lists("older"), 1).unwrap();
+        assert_eq!(store.load_all().unwrap()["a"], lists("newer"));
+    }
+
+    #[tokio::test]
+    async fn a_background_save_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save_in_background("a", &lists("echo"));
+        for _ in 0..200 {
+            if let Some(found) = store.load_all().unwrap().remove("a") {
+                assert_eq!(found, lists("echo"));
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the background save never landed");
     }
 
     #[test]

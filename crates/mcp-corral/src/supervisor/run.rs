@@ -615,10 +615,8 @@ async fn refresh_lists(server: &Server, shared: &Shared, conn: &Connection, kind
         }
     }
     lists.known = true;
-    if let Some(store) = &shared.store
-        && let Err(e) = store.save(server.id(), &lists)
-    {
-        tracing::warn!("cannot persist lists of {}: {e}", server.id());
+    if let Some(store) = &shared.store {
+        store.save_in_background(server.id(), &lists);
     }
     *server.lists.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(lists);
     let _ = shared.notices.send(Notice::ListsChanged {
