@@ -294,35 +294,20 @@ impl Gateway {
                 server,
                 method,
                 params,
-            }) if method == "notifications/resources/updated" => {
-                self.resource_updated(&server, params.as_deref());
-            }
-            Some(Notice::Notification {
-                server,
-                method,
-                params,
-            }) if method == "notifications/tasks/status" => {
-                self.task_status(&server, params.as_deref());
-            }
-            Some(Notice::Notification {
-                server,
-                method,
-                params,
-            }) if method == "notifications/cancelled" => {
-                self.server_cancelled(&server, params.as_deref());
-            }
-            Some(Notice::Notification {
-                server,
-                method,
-                params,
-            }) if method == "notifications/elicitation/complete" => {
-                self.url_elicitation_complete(&server, params.as_deref());
-            }
-            Some(Notice::Notification { method, params, .. }) => {
-                self.broadcast(&jsonrpc::notification_raw(
-                    &method,
-                    params.as_deref().map(RawValue::get),
-                ));
+            }) => {
+                let params = params.as_deref();
+                match method.as_str() {
+                    "notifications/resources/updated" => self.resource_updated(&server, params),
+                    "notifications/tasks/status" => self.task_status(&server, params),
+                    "notifications/cancelled" => self.server_cancelled(&server, params),
+                    "notifications/elicitation/complete" => {
+                        self.url_elicitation_complete(&server, params)
+                    }
+                    _ => self.broadcast(&jsonrpc::notification_raw(
+                        &method,
+                        params.map(RawValue::get),
+                    )),
+                }
             }
         }
     }
