@@ -9,6 +9,7 @@
 //! crash or a second Corral sharing the directory never leaves a half-written list behind, and
 //! the gateway saves on tokio's blocking pool so that a slow disk never stalls a call.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,15 +40,15 @@ pub struct StoreError {
 }
 
 /// One server's file. The id is stored inside so that file names only need to be safe, not
-/// reversible.
+/// reversible. Borrowed when written, owned when read.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Record {
-    server_id: String,
-    tools: Vec<Value>,
-    resources: Vec<Value>,
-    templates: Vec<Value>,
-    prompts: Vec<Value>,
+struct Record<'a> {
+    server_id: Cow<'a, str>,
+    tools: Cow<'a, [Value]>,
+    resources: Cow<'a, [Value]>,
+    templates: Cow<'a, [Value]>,
+    prompts: Cow<'a, [Value]>,
     updated_at: String,
 }
 
@@ -96,12 +97,12 @@ impl Store {
             match record {
                 Ok(r) => {
                     out.insert(
-                        r.server_id,
+                        r.server_id.into_owned(),
                         Lists {
-                            tools: r.tools,
-                            resources: r.resources,
-                            templates: r.templates,
-                            prompts: r.prompts,
+                            tools: r.tools.into_owned(),
+                            resources: r.resources.into_owned(),
+                            templates: r.templates.into_owned(),
+                            prompts: r.prompts.into_owned(),
                             known: true,
                         },
                     );
@@ -125,6 +126,8 @@ impl Store {
         });
     }
 
+    /// A save in the caller's thread, for tests.
+    #[cfg(test)]
     pub fn save(&self, server: &str, lists: &Lists) -> Result<(), StoreError> {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed) + 1;
         self.save_ticketed(server, lists, ticket)
@@ -142,11 +145,11 @@ impl Store {
 
     fn write(&self, server: &str, lists: &Lists) -> Result<(), StoreError> {
         let record = Record {
-            server_id: server.to_string(),
-            tools: lists.tools.clone(),
-            resources: lists.resources.clone(),
-            templates: lists.templates.clone(),
-            prompts: lists.prompts.clone(),
+            server_id: Cow::Borrowed(server),
+            tools: Cow::Borrowed(&lists.tools),
+            resources: Cow::Borrowed(&lists.resources),
+            templates: Cow::Borrowed(&lists.templates),
+            prompts: Cow::Borrowed(&lists.prompts),
             updated_at: crate::time::now(),
         };
         let path = self.dir.join(format!("{}.json", file_stem(server)));

@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn check(out: &Value) {
@@ -176,45 +175,18 @@ fn misbehave_yaml() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_url_elicitation_and_its_completion_reach_the_client_that_declared_url_mode() {
     // The stdio client is asked; an HTTP client of the same Corral must hear nothing of it.
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}stateDir: {}/state\n",
-        misbehave_yaml(),
-        dir.path().display()
-    );
-    std::fs::write(dir.path().join("corral.yaml"), config).unwrap();
     let port = free_port();
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(["serve", "--stdio", "--config", "corral.yaml", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .current_dir(dir.path());
-    let mut peer = StdioPeer::spawn(cmd);
+    let addr = format!("127.0.0.1:{port}");
+    let mut peer = StdioPeer::corral_with(&misbehave_yaml(), &["--listen", &addr]).await;
     peer.initialize_as(
         "2025-11-25",
         json!({"elicitation": {"form": {}, "url": {}}}),
     )
     .await;
     let http = http_client();
-    let url = format!("http://127.0.0.1:{port}/mcp");
-    let bob = http
-        .post(&url)
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bob", "version": "1"}}}))
-        .send()
-        .await
-        .unwrap()
-        .headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let mut bob_events = http
-        .get(&url)
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &bob)
-        .send()
-        .await
-        .unwrap()
-        .bytes_stream();
+    let url = format!("http://{addr}/mcp");
+    let bob = http_session(&http, &url).await;
+    let mut bob_events = event_stream(&http, &url, &bob).await;
     let call = peer
         .start(
             json!(1),
@@ -240,12 +212,7 @@ async fn a_url_elicitation_and_its_completion_reach_the_client_that_declared_url
         .unwrap()
         .unwrap();
     assert!(first_text(&done).contains("accept"), "{done}");
-    let mut bob_seen = String::new();
-    while let Ok(Some(Ok(chunk))) =
-        tokio::time::timeout(std::time::Duration::from_millis(300), bob_events.next()).await
-    {
-        bob_seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let bob_seen = drain(&mut bob_events, std::time::Duration::from_millis(300)).await;
     assert!(!bob_seen.contains("elicitation/complete"), "{bob_seen}");
 }
 

@@ -37,23 +37,9 @@ async fn resource_updates_reach_only_subscribers_even_after_a_restart() {
         .wait_status("everything", 20, |s| s["state"] == "running")
         .await;
     let (alice, bob) = (corral.http_session().await, corral.http_session().await);
-    let stream = |sid: String| {
-        let http = corral.http.clone();
-        let url = corral.url("/mcp");
-        async move {
-            let r = http
-                .get(url)
-                .header("accept", "text/event-stream")
-                .header("mcp-session-id", sid)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes_stream()
-        }
-    };
-    let mut alice_events = stream(alice.clone()).await;
-    let mut bob_events = stream(bob.clone()).await;
+    let url = corral.url("/mcp");
+    let mut alice_events = event_stream(&corral.http, &url, &alice).await;
+    let mut bob_events = event_stream(&corral.http, &url, &bob).await;
     let uri = "demo://resource/static/document/features.md";
     let v = corral
         .rpc(Some(&alice), "resources/subscribe", json!({"uri": uri}))
@@ -72,12 +58,7 @@ async fn resource_updates_reach_only_subscribers_even_after_a_restart() {
     let seen = next_update(&mut alice_events).await;
     assert!(seen.contains(uri), "{seen}");
     // Bob subscribed to nothing: whatever reached his stream by now, no update is among it.
-    let mut bob_seen = String::new();
-    while let Ok(Some(Ok(chunk))) =
-        tokio::time::timeout(Duration::from_millis(300), bob_events.next()).await
-    {
-        bob_seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let bob_seen = drain(&mut bob_events, Duration::from_millis(300)).await;
     assert!(
         !bob_seen.contains("notifications/resources/updated"),
         "{bob_seen}"

@@ -430,18 +430,20 @@ impl Gateway {
             }
             asks.push((key, method, params));
         }
-        let mut waiting = Vec::new();
-        for (key, method, params) in asks {
-            let (tx, rx) = oneshot::channel();
-            let id = self.ask_client(
-                session.id,
-                &sink,
-                &method,
-                params.as_deref(),
-                Asker::Corral(tx),
-            );
-            waiting.push((key, method, rx, id));
-        }
+        let waiting: Vec<_> = asks
+            .into_iter()
+            .map(|(key, method, params)| {
+                let (tx, rx) = oneshot::channel();
+                let id = self.ask_client(
+                    session.id,
+                    &sink,
+                    &method,
+                    params.as_deref(),
+                    Asker::Corral(tx),
+                );
+                (key, method, rx, id)
+            })
+            .collect();
         let mut answers = Map::new();
         let mut waiting = waiting.into_iter();
         while let Some((key, method, rx, id)) = waiting.next() {
@@ -478,10 +480,8 @@ fn input_required(raw: &str) -> Option<Value> {
 
 /// A short key stem for a server request's method (`elicitation`, `sampling`, `roots`).
 fn short_name(method: &str) -> &str {
-    match method {
-        "sampling/createMessage" => "sampling",
-        "elicitation/create" => "elicitation",
-        "roots/list" => "roots",
-        other => other.split('/').next().unwrap_or("input"),
-    }
+    super::Wanted::of(method, None).map_or_else(
+        || method.split('/').next().unwrap_or("input"),
+        |w| w.capability,
+    )
 }

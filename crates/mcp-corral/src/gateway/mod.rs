@@ -1126,6 +1126,7 @@ impl Gateway {
     }
 
     fn remember_url_elicitation(&self, server: &str, id: String, session: u64) {
+        // Any increasing number orders arrivals; the forwarded-request counter is one.
         let seq = self.next_forwarded.fetch_add(1, Ordering::Relaxed);
         let mut open = lock(&self.url_elicitations);
         // Completions are optional, so entries can outlive their flows: keep the newest.
@@ -1143,10 +1144,7 @@ impl Gateway {
     /// The end of a URL-mode elicitation goes to the client that was sent it, and to nobody if
     /// Corral did not forward it.
     fn url_elicitation_complete(&self, server: &str, params: Option<&RawValue>) {
-        let Some(id) = params
-            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
-            .and_then(|p| p.get("elicitationId")?.as_str().map(str::to_string))
-        else {
+        let Some(id) = elicitation_id(params.map(RawValue::get)) else {
             return;
         };
         let Some((session, _)) = lock(&self.url_elicitations).remove(&(server.to_string(), id))
@@ -1581,10 +1579,7 @@ impl RequestRouter for Gateway {
             .map(RawValue::get)
             .map(str::to_string);
         if wanted.mode == Some("url")
-            && let Some(id) = params
-                .as_deref()
-                .and_then(|p| serde_json::from_str::<Value>(p).ok())
-                .and_then(|p| p.get("elicitationId")?.as_str().map(str::to_string))
+            && let Some(id) = elicitation_id(params.as_deref())
         {
             self.remember_url_elicitation(server, id, session.id);
         }
@@ -1638,6 +1633,12 @@ impl Wanted {
             _ => true,
         }
     }
+}
+
+/// The `elicitationId` of URL-mode elicitation params (JSON text).
+fn elicitation_id(params: Option<&str>) -> Option<String> {
+    let params: Value = serde_json::from_str(params?).ok()?;
+    params.get("elicitationId")?.as_str().map(str::to_string)
 }
 
 /// URL-mode elicitations remembered for their completion notice.

@@ -99,6 +99,48 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// `initialize` (no capabilities) at the Streamable HTTP endpoint `url`; returns the session id.
+pub async fn http_session(http: &reqwest::Client, url: &str) -> String {
+    let r = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    r.headers()["mcp-session-id"].to_str().unwrap().to_string()
+}
+
+/// The session's standalone event stream (`GET url`), as raw chunks.
+pub async fn event_stream(
+    http: &reqwest::Client,
+    url: &str,
+    session: &str,
+) -> impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<> {
+    let r = http
+        .get(url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes_stream()
+}
+
+/// Everything an event stream delivers until it has been quiet for `quiet`.
+pub async fn drain<S, E>(events: &mut S, quiet: Duration) -> String
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    use futures::StreamExt;
+    let mut seen = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(quiet, events.next()).await {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -209,15 +251,7 @@ impl Corral {
 
     /// `initialize` over HTTP; returns the session id.
     pub async fn http_session(&self) -> String {
-        let r = self
-            .http
-            .post(self.url("/mcp"))
-            .header("accept", "application/json, text/event-stream")
-            .json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}))
-            .send()
-            .await
-            .unwrap();
-        r.headers()["mcp-session-id"].to_str().unwrap().to_string()
+        http_session(&self.http, &self.url("/mcp")).await
     }
 
     /// Polls `/runner/status/{id}` until `pred` holds or `secs` pass.
@@ -270,11 +304,17 @@ pub struct StdioPeer {
 impl StdioPeer {
     /// Starts `corral serve --stdio` with `config` (YAML).
     pub async fn corral(config: &str) -> StdioPeer {
+        StdioPeer::corral_with(config, &[]).await
+    }
+
+    /// [`StdioPeer::corral`] with more `serve` arguments (`--listen ADDR` adds an HTTP front).
+    pub async fn corral_with(config: &str, extra: &[&str]) -> StdioPeer {
         let dir = tempfile::tempdir().unwrap();
         let config = format!("{config}\nstateDir: {}/state\n", dir.path().display());
         std::fs::write(dir.path().join("corral.yaml"), config).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--stdio", "--config", "corral.yaml"])
+            .args(extra)
             .current_dir(dir.path());
         let mut peer = StdioPeer::spawn(cmd);
         peer.dir = Some(dir);
